@@ -1,0 +1,140 @@
+"""CRIU through Docker on one host: dump, restore, and what surrounds them.
+
+Docker 20.10 passes no CRIU options per container, but runc reads /etc/criu/runc.conf for
+every dump and restore on the host. Established TCP connections and in-flight connects make
+a stock dump fail, so for the window of one dump or restore we write our options there
+(under a host-wide lock) and put the file back exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+from .container import Spec
+from .engine import Engine
+from .errors import CommandError, MigratorError
+from .transport import Host, wait_for
+
+log = logging.getLogger(__name__)
+
+RUNC_CONF = "/etc/criu/runc.conf"
+STATE_DIR = "/var/lib/migrator"
+# A move to another host: established connections are restored closed (clients reconnect
+# to the new address); connections still being set up are skipped.
+MIGRATE_CRIU_OPTS = ["tcp-close", "skip-in-flight"]
+LOCK_WAIT_S = 120
+
+
+def workdir(mid: str) -> str:
+    return f"{STATE_DIR}/work/{mid}"
+
+
+def make_workdir(host: Host, mid: str) -> str:
+    d = workdir(mid)
+    host.run(["bash", "-c", 'umask 077; mkdir -p "$1" && chmod 0700 "$1" "$(dirname "$1")"', "_", d])
+    return d
+
+
+def remove_workdir(host: Host, mid: str) -> None:
+    host.run(["rm", "-rf", "--one-file-system", workdir(mid)], check=False)
+
+
+def checkpoint_dir(engine: Engine, container_id: str, name: str) -> str:
+    root = engine.info().get("DockerRootDir", "/var/lib/docker")
+    return f"{root}/containers/{container_id}/checkpoints/{name}"
+
+
+@contextlib.contextmanager
+def criu_options(host: Host, mid: str, options: list[str]) -> Iterator[None]:
+    """Hold the host's runc.conf with `options` added for the duration of the block."""
+    lock = f"{STATE_DIR}/locks/runc-conf"
+    owner = json.dumps({"mid": mid, "since": time.time()})
+    take = ["bash", "-c", 'mkdir -p "$(dirname "$1")" && mkdir "$1" && printf "%s" "$2" > "$1/owner"',
+            "_", lock, owner]
+    if not wait_for(lambda: host.run(take, check=False).ok, LOCK_WAIT_S, 0.2):
+        holder = host.run(["cat", f"{lock}/owner"], check=False).stdout
+        raise MigratorError(f"{host.name}: {RUNC_CONF} is held by another operation ({holder})",
+                            hint=f"if none runs, remove {lock} on {host.name}")
+    saved = f"{lock}/runc.conf.orig"
+    try:
+        host.run(["bash", "-c",
+                  'if [ -e "$1" ]; then cp -p "$1" "$2"; fi; mkdir -p "$(dirname "$1")"; '
+                  '{ [ ! -e "$2" ] || cat "$2"; printf "%s\\n" "${@:3}"; } > "$1.new" && mv "$1.new" "$1"',
+                  "_", RUNC_CONF, saved, *options])
+        yield
+    finally:
+        host.run(["bash", "-c", 'if [ -e "$2" ]; then mv "$2" "$1"; else rm -f "$1"; fi; rm -rf "$3"',
+                  "_", RUNC_CONF, saved, lock], check=False)
+
+
+def unlock_network(host: Host, pid: int) -> bool:
+    """Remove a network lock CRIU left in the container's netns (a failed dump leaves the
+    container "Up" but cut off). Returns True when one was found."""
+    if pid <= 0:
+        return False
+    script = (
+        'found=1; for t in iptables ip6tables; do '
+        'if nsenter -t "$1" -n "$t" -w -S CRIU >/dev/null 2>&1; then found=0; '
+        'nsenter -t "$1" -n "$t" -w -D INPUT -j CRIU; nsenter -t "$1" -n "$t" -w -D OUTPUT -j CRIU; '
+        'nsenter -t "$1" -n "$t" -w -F CRIU; nsenter -t "$1" -n "$t" -w -X CRIU; fi; done; exit $found'
+    )
+    found = host.run(["bash", "-c", script, "_", pid], check=False).ok
+    if found:
+        log.warning("%s: removed CRIU's leftover network lock in pid %d's namespace", host.name, pid)
+    return found
+
+
+def answers(host: Host, engine: Engine, name: str, timeout: float = 10.0) -> bool:
+    """The container runs and, if it listens on TCP ports, accepts a connection on each
+    (from the host, to the container's own address: a leftover network lock fails this)."""
+
+    def check() -> bool:
+        info = engine.inspect(name)
+        if not info or not info["State"].get("Running"):
+            return False
+        spec = Spec(info)
+        ports = spec.container_tcp_ports()
+        if not ports:
+            return True
+        ip = _container_ip(info)
+        target_pid = spec.pid if ip is None else 0
+        for port in ports:
+            if target_pid:  # host or none network: connect inside its namespace
+                argv = ["nsenter", "-t", target_pid, "-n", "bash", "-c",
+                        'exec 3<>"/dev/tcp/127.0.0.1/$1"', "_", port]
+            else:
+                argv = ["bash", "-c", 'exec 3<>"/dev/tcp/$1/$2"', "_", ip or "127.0.0.1", port]
+            try:
+                if not host.run(["timeout", "2", *argv], check=False, timeout=10).ok:
+                    return False
+            except CommandError:
+                return False
+        return True
+
+    return wait_for(check, timeout, 0.05)
+
+
+def _container_ip(info: dict) -> str | None:
+    nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    for ep in nets.values():
+        if ep.get("IPAddress"):
+            return str(ep["IPAddress"])
+    return None
+
+
+def manifest(host: Host, directory: str) -> None:
+    """Write MANIFEST: a checksum of every file in directory, for the receiving side."""
+    host.run(["bash", "-c", 'cd "$1" && find . -type f ! -name MANIFEST -print0 | sort -z | '
+              'xargs -0 -r b2sum > MANIFEST', "_", directory])
+
+
+def verify_manifest(host: Host, directory: str) -> None:
+    r = host.run(["bash", "-c", 'cd "$1" && b2sum --quiet --strict -c MANIFEST', "_", directory],
+                 check=False)
+    if not r.ok:
+        raise MigratorError(f"{host.name}: checkpoint in {directory} does not match its checksums: "
+                            f"{(r.stdout + r.stderr).strip()[-300:]}")

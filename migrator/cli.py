@@ -1,0 +1,251 @@
+"""The command line: parses, calls the core, renders. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import hosts as hosts_mod
+from . import inventory as inv_mod
+from .errors import ExitCode, MigratorError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Live-migrate running Docker containers between hosts with CRIU.")
+lab_app = typer.Typer(no_args_is_help=True, help="A local multi-host lab (root): real dockerd, CRIU, sshd.")
+app.add_typer(lab_app, name="lab")
+
+out = Console()
+err = Console(stderr=True)
+DEBUG_LOG = Path(tempfile.gettempdir()) / "migrator-debug.log"
+
+
+class State:
+    inventory: Path = inv_mod.default_path()
+
+
+state = State()
+
+
+@app.callback()
+def _main(
+    inventory: Annotated[Path | None, typer.Option("-i", "--inventory", help="Inventory YAML "
+              "(default inventory/hosts.yaml, or $MIGRATOR_INVENTORY).")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every command.")] = False,
+) -> None:
+    state.inventory = inventory or inv_mod.default_path()
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if not verbose:
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+def load_inventory() -> inv_mod.Inventory:
+    return inv_mod.load(state.inventory)
+
+
+def fail(e: MigratorError) -> NoReturn:
+    err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(int(e.exit_code))
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def progress_line(msg: str) -> None:
+    err.print(f"[dim]·[/dim] {msg}", highlight=False)
+
+
+# --- hosts ------------------------------------------------------------------------------
+def _status_table(rows: list[hosts_mod.HostStatus]) -> Table:
+    t = Table("host", "address", "reachable", "docker", "criu", "running", "note")
+    for r in rows:
+        t.add_row(r.name, r.address, "[green]yes[/green]" if r.reachable else "[red]no[/red]",
+                  (r.docker_version or "-") + ("" if r.experimental in (None, True) else " (experimental off)"),
+                  r.criu_version or "-", ", ".join(r.containers_running) or "-", r.error or "")
+    return t
+
+
+@app.command("hosts")
+def hosts_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the inventory's hosts with reachability (SSH + docker) and versions."""
+    try:
+        inv = load_inventory()
+    except MigratorError as e:
+        fail(e)
+    rows = hosts_mod.probe_all(list(inv.hosts.values()))
+    if as_json:
+        print_json([asdict(r) for r in rows])
+    else:
+        out.print(_status_table(rows))
+    if not all(r.reachable for r in rows):
+        raise typer.Exit(1)
+
+
+# --- migrate ----------------------------------------------------------------------------
+class Renderer:
+    """Draws the core's events: phase lines always (stderr), byte counts on a terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bytes: dict[str, int] = {}
+
+    def __call__(self, ev: Any) -> None:
+        if self.quiet:
+            return
+        if ev.kind == "phase":
+            err.print(f"[bold]{ev.phase}[/bold] ...", highlight=False)
+        elif ev.kind == "done":
+            extra = f", {_human(ev.bytes)}" if ev.bytes else ""
+            err.print(f"  {ev.phase} done in {ev.message}{extra}", highlight=False)
+        elif ev.kind == "bytes":
+            self.bytes[ev.phase] = self.bytes.get(ev.phase, 0) + ev.bytes
+            if err.is_terminal:
+                err.print(f"  {ev.phase}: {_human(self.bytes[ev.phase])}", end="\r", highlight=False)
+        elif ev.kind in ("info", "warn"):
+            color = "yellow" if ev.kind == "warn" else "dim"
+            err.print(f"  [{color}]{ev.message}[/{color}]", highlight=False)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _report_table(rep: Any) -> Table:
+    t = Table("phase", "seconds", "bytes", title=f"{rep.container}: {rep.source} -> {rep.target}: "
+              f"{rep.status}")
+    for p in rep.phases:
+        t.add_row(p.name, f"{p.seconds:.2f}", _human(p.bytes) if p.bytes else "")
+    t.add_row("[bold]downtime[/bold]", f"{rep.downtime_s:.2f}", "")
+    t.add_row("[bold]total[/bold]", f"{rep.total_s:.2f}", _human(rep.bytes_sent))
+    return t
+
+
+@app.command("migrate")
+def migrate_cmd(
+    container: Annotated[str, typer.Argument(help="Container name or id on the source.")],
+    source: Annotated[str, typer.Option("--from", help="Source host (inventory name).")],
+    target: Annotated[str, typer.Option("--to", help="Target host (inventory name).")],
+    keep_source: Annotated[bool, typer.Option("--keep-source", help="Keep the source container, stopped.")] = False,
+    relay: Annotated[bool, typer.Option("--relay", help="Send data through this machine.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and preflight only; change nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Live-migrate a running container to another host, memory and files included."""
+    from .migrate import Migration
+
+    rep = None
+    try:
+        m = Migration(load_inventory(), container, source, target, keep_source=keep_source,
+                      relay=relay, events=Renderer(quiet=False))
+        rep = m.run(dry_run=dry_run)
+    except MigratorError as e:
+        if as_json and e.report is not None:
+            print_json(e.report.to_dict())  # type: ignore[attr-defined]
+        fail(e)
+    if as_json:
+        print_json(rep.to_dict())
+    elif dry_run:
+        t = Table("host", "check", "result", title=f"plan: move {rep.container} {rep.source} -> "
+                  f"{rep.target} (preflight passed; nothing changed)")
+        for c in rep.preflight:
+            t.add_row(c["host"], c["name"], "[green]ok[/green]" if c["ok"] else f"[red]{c['detail']}[/red]")
+        out.print(t)
+    else:
+        out.print(_report_table(rep))
+        for w in rep.warnings:
+            err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+
+
+# --- lab --------------------------------------------------------------------------------
+def _lab() -> Any:
+    from .lab import Lab
+
+    return Lab(progress=progress_line)
+
+
+@lab_app.command("up")
+def lab_up(n: Annotated[int, typer.Option("--hosts", help="How many hosts.")] = 3) -> None:
+    """Create hosts lab1..labN and write inventory/lab.yaml (a no-op when already up)."""
+    try:
+        lab = _lab()
+        done = lab.up(n, Path("inventory/lab.yaml"))
+    except MigratorError as e:
+        fail(e)
+    if done:
+        for line in done:
+            out.print(line)
+    else:
+        out.print(f"lab already up: {', '.join(h.name for h in lab.hosts())} (nothing to do)")
+    out.print("inventory: inventory/lab.yaml")
+
+
+@lab_app.command("down")
+def lab_down() -> None:
+    """Remove every process, namespace, mount, bridge and directory the lab made."""
+    try:
+        done = _lab().down()
+    except MigratorError as e:
+        fail(e)
+    out.print("\n".join(done) if done else "lab is not up (nothing to do)")
+
+
+@lab_app.command("status")
+def lab_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each lab host: address, reachable, docker and CRIU versions, containers running."""
+    try:
+        lab = _lab()
+        if not lab.hosts():
+            out.print("lab is not up (`migrator lab up` makes it)")
+            raise typer.Exit(1)
+        rows = hosts_mod.probe_all(list(inv_mod.load(Path("inventory/lab.yaml")).hosts.values()))
+    except MigratorError as e:
+        fail(e)
+    if as_json:
+        print_json([asdict(r) for r in rows])
+    else:
+        out.print(_status_table(rows))
+
+
+@lab_app.command("restart")
+def lab_restart(host: str) -> None:
+    """Restart a lab host's dockerd and sshd: what a reboot does to its containers."""
+    try:
+        _lab().restart(host)
+    except MigratorError as e:
+        fail(e)
+    out.print(f"{host}: restarted")
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - the last net: a bug, not an expected error
+        if isinstance(e, KeyboardInterrupt):
+            err.print("interrupted")
+            sys.exit(130)
+        with DEBUG_LOG.open("a") as f:
+            f.write(traceback.format_exc())
+        err.print(f"[red]internal error:[/red] {e!r}; traceback in {DEBUG_LOG}")
+        sys.exit(int(ExitCode.FAILED_NOT_ROLLED_BACK))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""A container's configuration as Docker reports it, and the body that recreates it elsewhere."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import MigratorError
+
+# Docker's own rule for names, or a (short) hex id. Anything else is refused up front.
+NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+ID_RE = re.compile(r"^[0-9a-f]{12,64}$")
+
+
+def validate_name(name: str) -> str:
+    if not (NAME_RE.match(name) or ID_RE.match(name)):
+        raise MigratorError(
+            f"{name!r} is not a container name or id",
+            hint="names are letters, digits, '_', '.' and '-', starting with a letter or digit",
+        )
+    return name.lstrip("/")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a container is, from `docker inspect`: enough to recreate it on another host."""
+
+    inspect: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.inspect["Id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.inspect["Name"]).lstrip("/")
+
+    @property
+    def image_id(self) -> str:
+        return str(self.inspect["Image"])
+
+    @property
+    def image_ref(self) -> str:
+        return str(self.inspect["Config"]["Image"])
+
+    @property
+    def running(self) -> bool:
+        return bool(self.inspect["State"].get("Running"))
+
+    @property
+    def pid(self) -> int:
+        return int(self.inspect["State"].get("Pid") or 0)
+
+    @property
+    def host_config(self) -> dict[str, Any]:
+        return dict(self.inspect.get("HostConfig") or {})
+
+    @property
+    def network_mode(self) -> str:
+        return str(self.host_config.get("NetworkMode") or "default")
+
+    @property
+    def upper_dir(self) -> str | None:
+        gd = self.inspect.get("GraphDriver") or {}
+        if gd.get("Name") != "overlay2":
+            return None
+        return (gd.get("Data") or {}).get("UpperDir")
+
+    def published_ports(self) -> list[tuple[str, int, str]]:
+        """(host ip, host port, proto) for every published port."""
+        out = []
+        for key, binds in (self.host_config.get("PortBindings") or {}).items():
+            proto = key.split("/")[1] if "/" in key else "tcp"
+            for b in binds or []:
+                if b.get("HostPort"):
+                    out.append((b.get("HostIp") or "", int(b["HostPort"]), proto))
+        return out
+
+    def container_tcp_ports(self) -> list[int]:
+        """Ports the service listens on inside the container (exposed or published)."""
+        keys = set((self.inspect["Config"].get("ExposedPorts") or {}).keys())
+        keys |= set((self.host_config.get("PortBindings") or {}).keys())
+        return sorted(int(k.split("/")[0]) for k in keys if k.endswith("/tcp"))
+
+    def named_volumes(self) -> list[dict[str, Any]]:
+        return [m for m in self.inspect.get("Mounts") or [] if m.get("Type") == "volume"]
+
+    def bind_mounts(self) -> list[dict[str, Any]]:
+        return [m for m in self.inspect.get("Mounts") or [] if m.get("Type") == "bind"]
+
+    def create_body(self) -> dict[str, Any]:
+        """The Engine API create body: the same Config and HostConfig, user networks with
+        their aliases (addresses are the target's to assign)."""
+        body: dict[str, Any] = dict(self.inspect["Config"])
+        body["HostConfig"] = self.host_config
+        nets = (self.inspect.get("NetworkSettings") or {}).get("Networks") or {}
+        mode = self.network_mode
+        if mode not in ("default", "bridge", "host", "none") and not mode.startswith("container:"):
+            endpoints = {}
+            for net, ep in nets.items():
+                aliases = [a for a in ep.get("Aliases") or [] if not self.id.startswith(a)]
+                endpoints[net] = {"Aliases": aliases} if aliases else {}
+            body["NetworkingConfig"] = {"EndpointsConfig": endpoints}
+        return body

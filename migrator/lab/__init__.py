@@ -1,0 +1,459 @@
+"""The lab: several real hosts on this machine, each a network + mount namespace with its
+own dockerd (experimental, so checkpoints work) and sshd, on one bridge.
+
+Everything it makes is recorded under the lab directory; `down` removes exactly that: the
+processes by pid (and what runs in the hosts' namespaces and cgroups), the namespaces,
+the bridge, the firewall rule and the directories.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from ..errors import LabError
+from ..transport import wait_for
+
+log = logging.getLogger(__name__)
+
+LAB_DIR = Path(os.environ.get("MIGRATOR_LAB_DIR", "/var/lib/migrator-lab"))
+BRIDGE = "mglab0"
+SUBNET = "10.203.0"  # controller .1, hosts .11, .12, ...
+IMAGE = "lab/redis"
+# Mount points the hosts bind their own directories onto; made here if missing, and
+# removed again by `down` when the lab made them.
+MOUNT_POINTS = ["/var/lib/docker", "/etc/criu", "/var/lib/migrator", "/root/.ssh"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class LabHost:
+    name: str
+    address: str
+    netns: str
+    dir: str
+    anchor_pid: int = 0
+
+
+def _run(argv: list[str], check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    log.debug("lab$ %s", " ".join(argv))
+    kw.setdefault("text", True)
+    r = subprocess.run(argv, capture_output=True, **kw)  # type: ignore[call-overload]
+    if check and r.returncode != 0:
+        msg = r.stderr or r.stdout
+        msg = msg.decode(errors="replace") if isinstance(msg, bytes) else msg
+        raise LabError(f"`{' '.join(argv)}` failed: {msg.strip()[-400:]}")
+    return r  # type: ignore[no-any-return]
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (namespaces, bridges, dockerd)", hint="run it with sudo")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+class Lab:
+    def __init__(self, root: Path = LAB_DIR, progress: Progress | None = None) -> None:
+        self.root = root
+        self.say = progress or (lambda _m: None)
+        self.state_file = root / "lab.json"
+        self.key = root / "id_ed25519"
+        self.known_hosts = root / "known_hosts"
+
+    # --- state ------------------------------------------------------------------------
+    def hosts(self) -> list[LabHost]:
+        try:
+            return [LabHost(**h) for h in json.loads(self.state_file.read_text())["hosts"]]
+        except FileNotFoundError:
+            return []
+
+    def _save(self, hosts: list[LabHost]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"hosts": [asdict(h) for h in hosts]}, indent=1))
+        tmp.replace(self.state_file)
+
+    def host(self, name: str) -> LabHost:
+        for h in self.hosts():
+            if h.name == name:
+                return h
+        raise LabError(f"no lab host {name!r}", hint="`migrator lab status` lists them")
+
+    def healthy(self, h: LabHost) -> bool:
+        d = Path(h.dir)
+        return (
+            _alive(h.anchor_pid)
+            and _alive(_read_pid(d / "dockerd.pid"))
+            and _alive(_read_pid(d / "sshd.pid"))
+            and Path(f"/run/netns/{h.netns}").exists()
+        )
+
+    # --- up ---------------------------------------------------------------------------
+    def up(self, count: int = 3, inventory: Path | None = None) -> list[str]:
+        """Make lab1..labN (repairing broken ones); returns what was done, one line each."""
+        require_root()
+        if not 1 <= count <= 50:
+            raise LabError("--hosts must be 1..50")
+        done: list[str] = []
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._controller_key()
+        self._bridge()
+        hosts = {h.name: h for h in self.hosts()}
+        for i in range(1, count + 1):
+            name = f"lab{i}"
+            h = hosts.get(name)
+            if h and self.healthy(h):
+                continue
+            if h:
+                self.say(f"{name}: broken, rebuilding it")
+                self._host_down(h)
+                done.append(f"{name}: rebuilt")
+            else:
+                done.append(f"{name}: created")
+            h = LabHost(name, f"{SUBNET}.{10 + i}", f"migrator-{name}", str(self.root / "hosts" / name))
+            self.say(f"{name}: starting at {h.address}")
+            self._host_up(h)
+            hosts[name] = h
+            self._save(sorted(hosts.values(), key=lambda x: int(x.name[3:])))
+        all_hosts = sorted(hosts.values(), key=lambda x: int(x.name[3:]))
+        for h in all_hosts:
+            self._wait_ready(h)
+        self._write_known_hosts(all_hosts)
+        self._check_links(all_hosts)
+        for h in all_hosts:
+            if self._ensure_image(h):
+                done.append(f"{h.name}: loaded image {IMAGE}")
+        self.write_inventory(inventory or Path("inventory/lab.yaml"))
+        return done
+
+    def _controller_key(self) -> None:
+        if not self.key.exists():
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "migrator-lab-controller",
+                  "-f", str(self.key)])
+
+    def _bridge(self) -> None:
+        if not Path(f"/sys/class/net/{BRIDGE}").exists():
+            self.say(f"bridge {BRIDGE} {SUBNET}.1/24")
+            _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+            _run(["ip", "addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE])
+            _run(["ip", "link", "set", BRIDGE, "up"])
+        # With bridge-nf-call-iptables, bridged host-to-host packets cross this namespace's
+        # FORWARD chain, whose policy may be DROP (left by some other dockerd).
+        rule = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
+        if _run(["iptables", "-C", *rule], check=False).returncode != 0:
+            _run(["iptables", "-I", *rule])
+        # Record mount points the lab had to make, so `down` removes only those.
+        made = self.root / "made-mountpoints"
+        for mp in MOUNT_POINTS:
+            if not Path(mp).exists():
+                Path(mp).mkdir(parents=True, mode=0o700)
+                with made.open("a") as f:
+                    f.write(mp + "\n")
+
+    def _host_up(self, h: LabHost) -> None:
+        d = Path(h.dir)
+        if d.exists():
+            shutil.rmtree(d)
+        for sub in ("docker", "criu", "migrator", "root-ssh"):
+            (d / sub).mkdir(parents=True, mode=0o700)
+        # Keys: the host's own host key, and the controller's public key for root.
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{h.name}-hostkey",
+              "-f", str(d / "ssh_host_ed25519_key")])
+        shutil.copy(self.key.with_suffix(".pub"), d / "root-ssh" / "authorized_keys")
+        os.chmod(d / "root-ssh" / "authorized_keys", 0o600)
+        (d / "daemon.json").write_text(json.dumps({
+            "experimental": True,
+            "cgroup-parent": f"/migrator-{h.name}",
+            "shutdown-timeout": 3,
+            "storage-driver": "overlay2",
+            "log-level": "warn",
+        }, indent=1))
+        (d / "sshd_config").write_text(
+            f"ListenAddress {h.address}\nPort 22\nHostKey {d}/ssh_host_ed25519_key\n"
+            f"PidFile {d}/sshd.pid\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n"
+            "AuthorizedKeysFile .ssh/authorized_keys\nMaxSessions 64\nMaxStartups 64:30:128\n"
+            "Subsystem sftp internal-sftp\nPrintMotd no\n"
+        )
+        # Network namespace with a veth into the bridge.
+        _run(["ip", "netns", "add", h.netns])
+        veth = f"mgv-{h.name}"[:15]
+        if Path(f"/sys/class/net/{veth}").exists():
+            _run(["ip", "link", "del", veth])
+        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", h.netns])
+        _run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+        ns = ["ip", "-n", h.netns]
+        _run([*ns, "link", "set", "lo", "up"])
+        _run([*ns, "addr", "add", f"{h.address}/24", "dev", "eth0"])
+        _run([*ns, "link", "set", "eth0", "up"])
+        _run([*ns, "route", "add", "default", "via", f"{SUBNET}.1"])
+        script = resources.files("migrator.lab").joinpath("host-init.sh")
+        log_f = open(d / "init.log", "wb")  # noqa: SIM115 - the child keeps it
+        proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{h.netns}", "unshare", "--mount", "--propagation",
+             "private", "bash", str(script), str(d)],
+            stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log_f.close()
+        h.anchor_pid = proc.pid
+
+    def _wait_ready(self, h: LabHost) -> None:
+        d = Path(h.dir)
+        sock_ok = lambda: self.ns_exec(h, ["docker", "version", "--format", "{{.Server.Version}}"],  # noqa: E731
+                                       check=False).returncode == 0
+        if not wait_for(lambda: (d / "ready").exists() or not _alive(h.anchor_pid), 30):
+            raise LabError(f"{h.name}: did not start; see {d}/init.log")
+        if not _alive(h.anchor_pid):
+            raise LabError(f"{h.name}: init failed: {(d / 'init.log').read_text()[-400:]}")
+        if not wait_for(sock_ok, 60, 0.2):
+            raise LabError(f"{h.name}: dockerd did not come up; see {d}/dockerd.log")
+
+    def ns_exec(self, h: LabHost, argv: list[str], check: bool = True,
+                **kw: object) -> subprocess.CompletedProcess[str]:
+        """Run argv inside a lab host's namespaces (for the lab itself and fault tests)."""
+        return _run(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", *argv], check=check, **kw)
+
+    def _write_known_hosts(self, hosts: list[LabHost]) -> None:
+        lines = []
+        for h in hosts:
+            pub = (Path(h.dir) / "ssh_host_ed25519_key.pub").read_text().split()
+            lines.append(f"{h.address} {pub[0]} {pub[1]}\n")
+        tmp = self.known_hosts.with_suffix(".tmp")
+        tmp.write_text("".join(lines))
+        tmp.replace(self.known_hosts)
+
+    def _check_links(self, hosts: list[LabHost]) -> None:
+        """Controller-to-host and host-to-host reachability, both, over TCP to sshd."""
+        for h in hosts:
+            targets = [x.address for x in hosts]
+            for addr in targets:
+                probe = ["bash", "-c", f"exec 3<>/dev/tcp/{addr}/22"]
+                if not wait_for(lambda: self.ns_exec(h, probe, check=False, timeout=5).returncode == 0, 10):
+                    raise LabError(f"{h.name} cannot reach {addr}:22 over the lab bridge",
+                                   hint="check the FORWARD chain and bridge-nf-call-iptables")
+
+    def _ensure_image(self, h: LabHost) -> bool:
+        if self.ns_exec(h, ["docker", "image", "inspect", IMAGE], check=False).returncode == 0:
+            return False
+        tar = self.root / "redis-image.tar"
+        if not tar.exists():
+            self.say(f"building {IMAGE} from this machine's redis-server")
+            self._build_image(h, tar)
+        self.say(f"{h.name}: loading {IMAGE}")
+        with tar.open("rb") as f:
+            self.ns_exec(h, ["docker", "load", "-q"], stdin=f)
+        return True
+
+    def _build_image(self, h: LabHost, tar: Path) -> None:
+        """redis-server + the libraries ldd names + a static busybox, imported once and
+        saved, so every host loads the same image ID (no registry exists here)."""
+        redis = shutil.which("redis-server") or "/usr/bin/redis-server"
+        busybox = shutil.which("busybox") or "/bin/busybox"
+        rootfs = self.root / "rootfs"
+        if rootfs.exists():
+            shutil.rmtree(rootfs)
+        libs = [redis]
+        for line in _run(["ldd", redis]).stdout.splitlines():
+            parts = line.split()
+            path = next((p for p in parts if p.startswith("/")), None)
+            if path:
+                libs.append(path)
+        for f in libs:
+            dest = rootfs / f.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.realpath(f), dest)
+        (rootfs / "bin").mkdir(exist_ok=True)
+        shutil.copy2(busybox, rootfs / "bin" / "busybox")
+        for tool in ("sh", "ls", "cat", "sleep", "echo", "nc", "mkdir", "rm", "sync"):
+            os.symlink("busybox", rootfs / "bin" / tool)
+        for d in ("tmp", "data", "etc"):
+            (rootfs / d).mkdir(exist_ok=True)
+        (rootfs / "tmp").chmod(0o1777)
+        (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        changes = [
+            'CMD ["/usr/bin/redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no"]',
+            "EXPOSE 6379", "WORKDIR /data", "ENV PATH=/usr/bin:/bin",
+        ]
+        tarball = _run(["tar", "-C", str(rootfs), "-c", "."], text=False)  # type: ignore[arg-type]
+        argv = ["docker", "import"]
+        for c in changes:
+            argv += ["--change", c]
+        self.ns_exec(h, [*argv, "-", IMAGE], input=tarball.stdout, text=False)
+        with tar.open("wb") as f:
+            subprocess.run(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", "docker", "save", IMAGE],
+                           stdout=f, check=True)
+        shutil.rmtree(rootfs)
+
+    def write_inventory(self, path: Path) -> None:
+        hosts = {h.name: {"address": h.address} for h in self.hosts()}
+        doc = {
+            "defaults": {"user": "root", "port": 22, "identity_file": str(self.key),
+                         "known_hosts": str(self.known_hosts)},
+            "hosts": hosts,
+            "groups": {"lab": list(hosts)},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Written by `migrator lab up`: the lab's hosts on this machine.\n"
+                        + yaml.safe_dump(doc, sort_keys=False))
+
+    # --- restart / down ---------------------------------------------------------------
+    def restart(self, name: str) -> None:
+        """What a reboot does to a host's services: stop dockerd (its containers die) and
+        sshd, then start both again."""
+        h = self.host(name)
+        d = Path(h.dir)
+        self.stop_service(h, "sshd")
+        self.stop_service(h, "dockerd")
+        self.start_service(h, "dockerd")
+        self.start_service(h, "sshd")
+        self._wait_ready(h)
+
+    def stop_service(self, h: LabHost, svc: str) -> None:
+        pid = _read_pid(Path(h.dir) / f"{svc}.pid")
+        _terminate([pid], 20 if svc == "dockerd" else 5)
+
+    def start_service(self, h: LabHost, svc: str) -> None:
+        d = Path(h.dir)
+        if svc == "dockerd":
+            script = f'dockerd --config-file {d}/daemon.json >>{d}/dockerd.log 2>&1 & echo $! >{d}/dockerd.pid'
+        else:
+            script = f"/usr/sbin/sshd -f {d}/sshd_config -E {d}/sshd.log"
+        subprocess.Popen(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", "bash", "-c", script],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True).wait()
+
+    def down(self) -> list[str]:
+        require_root()
+        done = []
+        for h in self.hosts():
+            self._host_down(h)
+            done.append(f"{h.name}: removed")
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            _run(["ip", "link", "del", BRIDGE])
+            done.append(f"bridge {BRIDGE}: removed")
+        rule = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
+        while _run(["iptables", "-C", *rule], check=False).returncode == 0:
+            _run(["iptables", "-D", *rule])
+        made = self.root / "made-mountpoints"
+        if made.exists():
+            for mp in made.read_text().split():
+                try:
+                    Path(mp).rmdir()
+                except OSError:
+                    pass
+        if self.root.exists():
+            shutil.rmtree(self.root)
+            done.append(f"{self.root}: removed")
+        return done
+
+    def _host_down(self, h: LabHost) -> None:
+        d = Path(h.dir)
+        mnt_ns = _ns_id(h.anchor_pid, "mnt") if _alive(h.anchor_pid) else None
+        # dockerd first, gracefully: it stops its containers.
+        _terminate([_read_pid(d / "dockerd.pid")], 25)
+        # Whatever still runs in this host's cgroups (containers) or mount namespace
+        # (shims, sshd and its sessions, the anchor) was started by this host.
+        pids = _cgroup_pids(f"migrator-{h.name}")
+        if mnt_ns:
+            pids |= {p for p in _all_pids() if _ns_id(p, "mnt") == mnt_ns}
+        pids |= {_read_pid(d / "sshd.pid"), h.anchor_pid}
+        _terminate(sorted(p for p in pids if p > 0 and p != os.getpid()), 5)
+        _remove_cgroups(f"migrator-{h.name}")
+        if Path(f"/run/netns/{h.netns}").exists():
+            _run(["ip", "netns", "del", h.netns], check=False)
+        veth = f"mgv-{h.name}"[:15]
+        if Path(f"/sys/class/net/{veth}").exists():
+            _run(["ip", "link", "del", veth], check=False)
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _ns_id(pid: int, kind: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+
+
+def _cgroup_pids(parent: str) -> set[int]:
+    pids: set[int] = set()
+    base = Path("/sys/fs/cgroup")
+    for ctl in base.iterdir() if base.exists() else []:
+        top = ctl / parent
+        if top.is_dir():
+            for procs in top.rglob("cgroup.procs"):
+                try:
+                    pids |= {int(x) for x in procs.read_text().split()}
+                except OSError:
+                    pass
+    return pids
+
+
+def _remove_cgroups(parent: str) -> None:
+    base = Path("/sys/fs/cgroup")
+    for ctl in base.iterdir() if base.exists() else []:
+        top = ctl / parent
+        if top.is_dir():
+            for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                try:
+                    sub.rmdir()
+                except OSError:
+                    pass
+            try:
+                top.rmdir()
+            except OSError:
+                pass
+
+
+def _terminate(pids: list[int], grace: float) -> None:
+    live = [p for p in pids if _alive(p)]
+    for p in live:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in live):
+        time.sleep(0.1)
+    for p in live:
+        if _alive(p):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    wait_for(lambda: not any(_alive(p) for p in live), 5)

@@ -1,0 +1,16 @@
+"""The one place a shell command line is built. Every argument goes through `shlex.quote`."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+
+def join(argv: Sequence[str | int]) -> str:
+    """Quote every argument: names, paths and labels from users never reach a shell raw."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def pipeline(*commands: Sequence[str | int]) -> list[str]:
+    """argv for `a | b | c` under bash with pipefail, so a failing producer fails the whole."""
+    return ["bash", "-c", "set -o pipefail; " + " | ".join(join(c) for c in commands)]

@@ -1,0 +1,185 @@
+"""Moving bytes between two hosts: straight from source to target over SSH with a
+single-use key, or relayed through the controller when the hosts cannot reach each other.
+
+Directories travel as `tar | zstd` streams. The single-use key is restricted to the source's
+address, expires by itself, and is removed from both hosts when the link closes (also on
+failure); the source verifies the target's host key from the inventory's known_hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import shell
+from .errors import CommandError, MigratorError
+from .transport import Host, relay
+
+log = logging.getLogger(__name__)
+KEY_TTL_S = 3600
+Progress = Callable[[int], None]
+
+
+class TransferError(MigratorError):
+    """Moving data between hosts failed."""
+
+
+_TAR = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
+
+
+# dd between the compressor and ssh counts the bytes on the wire ("N bytes ... copied").
+_COUNT = ["dd", "bs=1M"]
+_COUNTED = re.compile(r"^(\d+) bytes .*copied", re.M)
+
+
+@dataclass
+class Link:
+    """A way to move data from `src` to `dst`, opened with `open_link`."""
+
+    src: Host
+    dst: Host
+    mid: str
+    workdir: str
+    direct: bool = False
+    _key_path: str = ""
+    _known_hosts: str = ""
+    bytes_sent: int = 0
+
+    def _ssh_argv(self) -> list[str]:
+        s = self.dst.spec
+        return ["ssh", "-i", self._key_path, "-o", f"UserKnownHostsFile={self._known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=10",
+                "-o", "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr",
+                "-p", str(s.port), "-l", s.user, s.address]
+
+    def pipe(self, producer: list[list[str]], consumer: list[list[str]], what: str,
+             progress: Progress | None = None) -> int:
+        """Run producer stages on src, consumer stages on dst, stdout into stdin, compressed
+        on the wire; returns the bytes that crossed it."""
+        producer = [*producer, ["zstd", "-1", "-T0", "-q", "-c"]]
+        consumer = [["zstd", "-d", "-q", "-c"], *consumer]
+        if self.direct:
+            remote = shell.join(shell.pipeline(*consumer))
+            r = self.src.run(shell.pipeline(*producer, _COUNT, [*self._ssh_argv(), remote]),
+                             check=False, timeout=None)
+            if not r.ok:
+                raise TransferError(f"{what}: {self.src.name} -> {self.dst.name} failed: {_last(r.stderr)}")
+            m = _COUNTED.search(r.stderr)
+            sent = int(m.group(1)) if m else 0
+            if progress:
+                progress(sent)
+        else:
+            sent, rs, rd = relay(self.src.open(shell.pipeline(*producer)),
+                                 self.dst.open(shell.pipeline(*consumer)), progress)
+            for r in (rs, rd):
+                if not r.ok:
+                    raise TransferError(f"{what}: relay {self.src.name} -> {self.dst.name} failed on "
+                                        f"{r.host}: {_last(r.stderr)}")
+        self.bytes_sent += sent
+        return sent
+
+    def copy_dir(self, src_dir: str, dst_dir: str, progress: Progress | None = None) -> int:
+        """Copy the contents of src_dir into dst_dir (which must exist)."""
+        return self.pipe([_TAR + ["-C", src_dir, "-cf", "-", "."]],
+                         [_TAR + ["-C", dst_dir, "-xpf", "-"]], f"copy {src_dir}", progress)
+
+    def sync_dir(self, src_dir: str, dst_dir: str) -> int:
+        """Make dst_dir equal src_dir (rsync, deltas only) when direct; a full copy if relayed."""
+        if not self.direct:
+            self.dst.run(["find", dst_dir, "-mindepth", "1", "-delete"])
+            return self.copy_dir(src_dir, dst_dir)
+        ssh = shell.join(self._ssh_argv()[:-1])  # rsync -e takes the ssh command without host
+        r = self.src.run(["rsync", "-aHAX", "--numeric-ids", "--delete", "--stats", "-e", ssh,
+                          src_dir.rstrip("/") + "/", f"{self.dst.spec.address}:{dst_dir.rstrip('/')}/"],
+                         check=False, timeout=None)
+        if not r.ok:
+            raise TransferError(f"rsync {self.src.name}:{src_dir} -> {self.dst.name}:{dst_dir} failed:"
+                                f" {_last(r.stderr)}")
+        sent = 0
+        for line in r.stdout.splitlines():
+            if line.startswith("Total bytes sent:"):
+                sent = int(line.split(":")[1].strip().replace(",", ""))
+        self.bytes_sent += sent
+        return sent
+
+    def close(self) -> None:
+        """Remove the single-use key from both hosts. Safe to call more than once."""
+        if not self.direct and not self._key_path:
+            return
+        remove_key(self.dst, self.mid)
+        self.src.run(["rm", "-f", self._key_path, self._known_hosts], check=False)
+        self._key_path = ""
+        self.direct = False
+
+
+def _last(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if "records in" not in ln and "records out" not in ln]
+    return " ".join(lines[-3:])[-300:] or "no output"
+
+
+def key_comment(mid: str) -> str:
+    return f"migrator-transfer-{mid}"
+
+
+def remove_key(host: Host, mid: str) -> None:
+    """Drop the single-use key of migration `mid` from host's authorized_keys."""
+    pattern = f"/ {key_comment(mid)}$/d"
+    host.run(["bash", "-c", 'f="$HOME/.ssh/authorized_keys"; [ ! -f "$f" ] || sed -i -e "$1" "$f"',
+              "_", pattern], check=False)
+
+
+def open_link(src: Host, dst: Host, mid: str, workdir: str, *, relay_only: bool = False) -> Link:
+    """Try the direct path (source -> target SSH with a single-use key); fall back to relay."""
+    link = Link(src, dst, mid, workdir)
+    if relay_only:
+        return link
+    key = Ed25519PrivateKey.generate()
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                        serialization.PublicFormat.OpenSSH).decode()
+    host_key = _target_host_key(dst)
+    if host_key is None:
+        log.info("%s: no host key for the target in known_hosts; relaying", dst.name)
+        return link
+    expiry = time.strftime("%Y%m%d%H%M", time.gmtime(time.time() + KEY_TTL_S))
+    opts = f'restrict,from="{src.spec.address}",expiry-time="{expiry}Z"'
+    line = f"{opts} {pub} {key_comment(mid)}"
+    link._key_path = f"{workdir}/transfer_key"
+    link._known_hosts = f"{workdir}/known_hosts"
+    src.put(priv, link._key_path, 0o600)
+    src.put(host_key.encode(), link._known_hosts, 0o600)
+    dst.run(["bash", "-c", 'umask 077; mkdir -p "$HOME/.ssh"; printf "%s\\n" "$1" >> "$HOME/.ssh/authorized_keys"',
+             "_", line])
+    try:
+        r = src.run([*link._ssh_argv(), "true"], check=False, timeout=30)
+    except CommandError:
+        r = None
+    if r is not None and r.ok:
+        link.direct = True
+    else:
+        why = r.stderr.strip()[-200:] if r is not None else "timed out"
+        log.info("%s cannot reach %s directly (%s); relaying through the controller", src.name, dst.name, why)
+        remove_key(dst, mid)
+        src.run(["rm", "-f", link._key_path, link._known_hosts], check=False)
+        link._key_path = ""
+    return link
+
+
+def _target_host_key(dst: Host) -> str | None:
+    """The target's host key line as the controller pinned it (never learnt on the fly)."""
+    s = dst.spec
+    keys = paramiko.HostKeys(str(s.known_hosts))
+    name = s.address if s.port == 22 else f"[{s.address}]:{s.port}"
+    entry = keys.lookup(name)
+    if not entry:
+        return None
+    return "".join(f"{name} {k.get_name()} {k.get_base64()}\n" for k in entry.values())

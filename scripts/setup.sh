@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Installs what migrator's lab and tests need on a Debian 12 machine. Idempotent: a second
+# run only checks, and prints what it does.
+set -euo pipefail
+
+say() { printf 'setup: %s\n' "$*"; }
+[ "$(id -u)" -eq 0 ] || { echo "setup: must run as root (it installs packages and builds CRIU)" >&2; exit 1; }
+
+CRIU_MIN=4.2
+APT_PKGS=(docker.io openssh-server rsync iproute2 iptables redis-server redis-tools busybox-static
+          zstd pv)
+CRIU_BUILD_DEPS=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
+                 protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
+                 libgnutls28-dev libnftables-dev uuid-dev libaio-dev)
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+criu_ok() {
+    command -v criu >/dev/null 2>&1 || return 1
+    local v; v=$(criu --version 2>/dev/null | sed -n 's/^Version: *//p')
+    [ -n "$v" ] && [ "$(printf '%s\n%s\n' "$CRIU_MIN" "$v" | sort -V | head -1)" = "$CRIU_MIN" ]
+}
+
+apt_updated=0
+apt_update() { [ "$apt_updated" = 1 ] || { say "apt-get update"; apt-get update -qq; apt_updated=1; }; }
+
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_update
+    say "installing ${missing[*]}"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    say "packages present"
+fi
+
+if criu_ok; then
+    say "criu $(criu --version | sed -n 's/^Version: *//p') present at $(command -v criu)"
+else
+    # Debian 12's criu 3.17 fails `criu check` on this kernel and 4.1 cannot dump TCP sockets
+    # on Linux >= 6.16; 4.2.x works. Its upstream tarball comes from sid's source archive,
+    # reached through the URI this machine already uses for Debian.
+    uri=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v -- '-security' | head -1)
+    [ -n "$uri" ] || uri=$(grep -hsE '^deb ' /etc/apt/sources.list | awk '{print $2}' | grep -v -- '-security' | head -1)
+    [ -n "$uri" ] || { echo "setup: no Debian source URI found in /etc/apt" >&2; exit 1; }
+    if [ ! -f /etc/apt/sources.list.d/migrator-sid-src.list ]; then
+        say "adding deb-src for sid (pinned to 100) from $uri"
+        echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri sid main" \
+            > /etc/apt/sources.list.d/migrator-sid-src.list
+        printf 'Package: *\nPin: release n=sid\nPin-Priority: 100\n' > /etc/apt/preferences.d/migrator-sid
+        apt_updated=0
+    fi
+    apt_update
+    say "installing CRIU build dependencies"
+    apt-get install -y -qq --no-install-recommends "${CRIU_BUILD_DEPS[@]}" >/dev/null
+    build=/var/cache/migrator/criu-build
+    mkdir -p "$build"
+    pushd "$build" >/dev/null
+    if ! ls criu_4.2*.orig.tar.* >/dev/null 2>&1; then
+        say "downloading criu source (sid)"
+        apt-get source --download-only criu/sid >/dev/null 2>&1 || true
+    fi
+    tarball=$(ls criu_4.2*.orig.tar.* 2>/dev/null | sort -V | tail -1)
+    [ -n "$tarball" ] || { echo "setup: could not download criu 4.2 source from sid" >&2; exit 1; }
+    rm -rf src && mkdir src && tar -xf "$tarball" -C src --strip-components=1
+    say "building criu from $tarball (about a minute)"
+    make -C src -j"$(nproc)" criu >build.log 2>&1 || { tail -30 build.log >&2; exit 1; }
+    install -m 0755 src/criu/criu /usr/local/sbin/criu
+    popd >/dev/null
+    say "installed $(criu --version | sed -n 's/^Version: *//p') at /usr/local/sbin/criu"
+fi
+
+PY=${PYTHON:-python3}
+venv=${VENV:-.venv}
+if [ ! -x "$venv/bin/migrator" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
+    say "installing the migrator package into $venv"
+    "$PY" -m venv "$venv"
+    "$venv/bin/pip" install -q -e '.[dev]'
+    touch "$venv/.installed"
+else
+    say "python environment up to date ($venv)"
+fi
+say "done"
