@@ -88,32 +88,37 @@ def unlock_network(host: Host, pid: int) -> bool:
     return found
 
 
-def answers(host: Host, engine: Engine, name: str, timeout: float = 10.0) -> bool:
-    """The container runs and, if it listens on TCP ports, accepts a connection on each
-    (from the host, to the container's own address: a leftover network lock fails this)."""
+def _accepts(host: Host, info: dict, port: int) -> bool:
+    """A TCP connect from the host to the container's own address (a leftover network lock
+    fails this); host- or none-networked containers are probed inside their namespace."""
+    ip = _container_ip(info)
+    if ip is None:
+        argv = ["nsenter", "-t", Spec(info).pid, "-n", "bash", "-c", 'exec 3<>"/dev/tcp/127.0.0.1/$1"',
+                "_", port]
+    else:
+        argv = ["bash", "-c", 'exec 3<>"/dev/tcp/$1/$2"', "_", ip, port]
+    try:
+        return host.run(["timeout", "2", *argv], check=False, timeout=10).ok
+    except CommandError:
+        return False
+
+
+def open_ports(host: Host, engine: Engine, name: str) -> list[int]:
+    """The container's TCP ports that accept connections now: what must answer again."""
+    info = engine.inspect(name)
+    if not info or not info["State"].get("Running"):
+        return []
+    return [p for p in Spec(info).container_tcp_ports() if _accepts(host, info, p)]
+
+
+def answers(host: Host, engine: Engine, name: str, ports: list[int], timeout: float = 10.0) -> bool:
+    """The container runs and accepts connections on `ports` (those that did before)."""
 
     def check() -> bool:
         info = engine.inspect(name)
         if not info or not info["State"].get("Running"):
             return False
-        spec = Spec(info)
-        ports = spec.container_tcp_ports()
-        if not ports:
-            return True
-        ip = _container_ip(info)
-        target_pid = spec.pid if ip is None else 0
-        for port in ports:
-            if target_pid:  # host or none network: connect inside its namespace
-                argv = ["nsenter", "-t", target_pid, "-n", "bash", "-c",
-                        'exec 3<>"/dev/tcp/127.0.0.1/$1"', "_", port]
-            else:
-                argv = ["bash", "-c", 'exec 3<>"/dev/tcp/$1/$2"', "_", ip or "127.0.0.1", port]
-            try:
-                if not host.run(["timeout", "2", *argv], check=False, timeout=10).ok:
-                    return False
-            except CommandError:
-                return False
-        return True
+        return all(_accepts(host, info, p) for p in ports)
 
     return wait_for(check, timeout, 0.05)
 
@@ -138,3 +143,19 @@ def verify_manifest(host: Host, directory: str) -> None:
     if not r.ok:
         raise MigratorError(f"{host.name}: checkpoint in {directory} does not match its checksums: "
                             f"{(r.stdout + r.stderr).strip()[-300:]}")
+
+
+def runtime_stopped(host: Host, container_id: str) -> bool:
+    """Without dockerd, ask runc itself: True when the container has no live process (or
+    after killing it). Docker keeps its runc state under /run/docker/runtime-*/moby."""
+    script = (
+        'st=1; for root in /run/docker/runtime-*/moby; do [ -d "$root" ] || continue; '
+        'if runc --root "$root" state "$1" >/dev/null 2>&1; then '
+        'runc --root "$root" kill "$1" KILL 2>/dev/null; sleep 0.5; '
+        'runc --root "$root" delete --force "$1" >/dev/null 2>&1 || st=2; fi; done; '
+        '[ "$st" = 1 ]'
+    )
+    try:
+        return host.run(["bash", "-c", script, "_", container_id], check=False, timeout=60).ok
+    except MigratorError:
+        return False

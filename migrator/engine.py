@@ -8,8 +8,7 @@ endpoints are called through its low-level request helpers.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import docker
@@ -55,6 +54,7 @@ class _HostAdapter(SSHHTTPAdapter):
 def api_client(host: Host) -> docker.APIClient:
     # Build without contacting anything, then mount the adapter and agree on the API version
     # (docker-py's default may be newer than the daemon's, e.g. 20.10 speaks 1.41).
+    host.client  # noqa: B018 - SSH errors (host key, auth, unreachable) surface as themselves
     api = docker.APIClient(base_url="tcp://127.0.0.1:9", version=MIN_API, timeout=600)
     adapter = _HostAdapter(host)
     api.mount("http+docker://ssh", adapter)
@@ -82,19 +82,12 @@ def _explain(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-@contextlib.contextmanager
-def daemon_errors(host: Host, what: str) -> Iterator[None]:
-    """Turn docker-py errors into DockerError carrying the daemon's own explanation."""
-    try:
-        yield
-    except docker.errors.APIError as e:
-        raise DockerError(f"{host.name}: {what}: {_explain(e)}") from None
-    except requests.exceptions.ConnectionError as e:
-        raise DockerError(f"{host.name}: {what}: daemon unreachable: {e}") from None
+_RAISE = object()
 
 
 class Engine:
-    """The Docker operations migrator needs on one host."""
+    """The Docker operations migrator needs on one host. Every daemon error becomes a
+    DockerError carrying the daemon's own explanation; "not found" may be a value."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -103,109 +96,89 @@ class Engine:
     def api(self) -> docker.APIClient:
         return self.host.docker
 
+    def _call(self, what: str, fn: Callable[[docker.APIClient], Any], missing: Any = _RAISE) -> Any:
+        try:
+            return fn(self.api)
+        except docker.errors.NotFound as e:
+            if missing is _RAISE:
+                raise DockerError(f"{self.host.name}: {what}: {_explain(e)}") from None
+            return missing
+        except docker.errors.APIError as e:
+            raise DockerError(f"{self.host.name}: {what}: {_explain(e)}") from None
+        except (requests.exceptions.RequestException, OSError, EOFError) as e:
+            raise DockerError(f"{self.host.name}: {what}: Docker daemon unreachable ({e})",
+                              hint=f"is dockerd running on {self.host.name}?") from None
+
+    def _post(self, what: str, path: str, *args: str, data: Any = None,
+              params: dict[str, str] | None = None) -> Any:
+        def go(api: docker.APIClient) -> Any:
+            url = api._url(path, *args)
+            res = api._post_json(url, data=data, params=params) if data is not None else api._post(url, params=params)
+            return api._result(res, json=bool(res.content))
+        return self._call(what, go)
+
     def info(self) -> dict[str, Any]:
-        with daemon_errors(self.host, "docker info"):
-            return dict(self.api.info())
+        return dict(self._call("docker info", lambda a: a.info()))
 
     def version(self) -> dict[str, Any]:
-        with daemon_errors(self.host, "docker version"):
-            return dict(self.api.version())
+        return dict(self._call("docker version", lambda a: a.version()))
 
     def inspect(self, container: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.api.inspect_container(container))
-        except docker.errors.NotFound:
-            return None
-        except docker.errors.APIError as e:
-            raise DockerError(f"{self.host.name}: inspect {container}: {_explain(e)}") from None
+        return self._call(f"inspect {container}", lambda a: a.inspect_container(container), None)
 
     def containers(self, all: bool = False) -> list[dict[str, Any]]:
-        with daemon_errors(self.host, "list containers"):
-            return list(self.api.containers(all=all))
+        return list(self._call("list containers", lambda a: a.containers(all=all)))
+
+    def image_inspect(self, ref: str) -> dict[str, Any] | None:
+        return self._call(f"inspect image {ref}", lambda a: a.inspect_image(ref), None)
 
     def image_exists(self, ref: str) -> bool:
-        try:
-            self.api.inspect_image(ref)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
-        except docker.errors.APIError as e:
-            raise DockerError(f"{self.host.name}: inspect image {ref}: {_explain(e)}") from None
-
-    def image_inspect(self, ref: str) -> dict[str, Any]:
-        with daemon_errors(self.host, f"inspect image {ref}"):
-            return dict(self.api.inspect_image(ref))
+        return self.image_inspect(ref) is not None
 
     def remove_image(self, ref: str) -> None:
-        try:
-            self.api.remove_image(ref, noprune=False)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as e:
-            raise DockerError(f"{self.host.name}: remove image {ref}: {_explain(e)}") from None
+        self._call(f"remove image {ref}", lambda a: a.remove_image(ref), None)
 
-    def remove_container(self, container: str, force: bool = True) -> None:
-        try:
-            self.api.remove_container(container, force=force, v=False)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as e:
-            raise DockerError(f"{self.host.name}: remove {container}: {_explain(e)}") from None
+    def remove_container(self, container: str) -> None:
+        self._call(f"remove {container}", lambda a: a.remove_container(container, force=True), None)
 
     def start(self, container: str, checkpoint: str | None = None) -> None:
-        with daemon_errors(self.host, f"start {container}" + (f" from checkpoint {checkpoint}" if checkpoint else "")):
-            params = {"checkpoint": checkpoint} if checkpoint else {}
-            res = self.api._post(self.api._url("/containers/{0}/start", container), params=params)
-            self.api._raise_for_status(res)
+        what = f"start {container}" + (f" from checkpoint {checkpoint}" if checkpoint else "")
+        self._post(what, "/containers/{0}/start", container,
+                   params={"checkpoint": checkpoint} if checkpoint else None)
 
     def stop(self, container: str, timeout: int = 10) -> None:
-        with daemon_errors(self.host, f"stop {container}"):
-            self.api.stop(container, timeout=timeout)
+        self._call(f"stop {container}", lambda a: a.stop(container, timeout=timeout))
+
+    def update_restart_policy(self, container: str, policy: dict[str, Any]) -> None:
+        self._call(f"update {container}", lambda a: a.update_container(container, restart_policy=policy))
+
+    def stats(self, container: str) -> dict[str, Any]:
+        return dict(self._call(f"stats {container}", lambda a: a.stats(container, stream=False, one_shot=True)))
 
     def checkpoint_create(self, container: str, name: str, *, exit: bool = True) -> None:
-        with daemon_errors(self.host, f"checkpoint {container}"):
-            res = self.api._post_json(
-                self.api._url("/containers/{0}/checkpoints", container),
-                data={"CheckpointID": name, "Exit": exit},
-            )
-            self.api._raise_for_status(res)
+        self._post(f"checkpoint {container}", "/containers/{0}/checkpoints", container,
+                   data={"CheckpointID": name, "Exit": exit})
 
     def checkpoint_delete(self, container: str, name: str) -> None:
-        try:
-            res = self.api._delete(self.api._url("/containers/{0}/checkpoints/{1}", container, name))
-            self.api._raise_for_status(res)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as e:
-            raise DockerError(f"{self.host.name}: delete checkpoint {name}: {_explain(e)}") from None
-
-    def commit(self, container: str, repository: str, tag: str, labels: dict[str, str]) -> str:
-        with daemon_errors(self.host, f"commit {container}"):
-            res = self.api.commit(container, repository=repository, tag=tag, conf={"Labels": labels},
-                                  pause=False)
-            return str(res["Id"])
+        def go(api: docker.APIClient) -> None:
+            api._raise_for_status(api._delete(api._url("/containers/{0}/checkpoints/{1}", container, name)))
+        self._call(f"delete checkpoint {name} of {container}", go, None)
 
     def create(self, name: str, body: dict[str, Any]) -> str:
-        with daemon_errors(self.host, f"create {name}"):
-            res = self.api._post_json(self.api._url("/containers/create"), data=body, params={"name": name})
-            return str(self.api._result(res, True)["Id"])
+        def go(api: docker.APIClient) -> str:
+            res = api._post_json(api._url("/containers/create"), data=body, params={"name": name})
+            return str(api._result(res, True)["Id"])
+        return str(self._call(f"create {name}", go))
+
+    def network_exists(self, name: str) -> bool:
+        return self._call(f"inspect network {name}", lambda a: a.inspect_network(name), None) is not None
 
     def volume_inspect(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.api.inspect_volume(name))
-        except docker.errors.NotFound:
-            return None
-        except docker.errors.APIError as e:
-            raise DockerError(f"{self.host.name}: inspect volume {name}: {_explain(e)}") from None
+        return self._call(f"inspect volume {name}", lambda a: a.inspect_volume(name), None)
 
-    def volume_create(self, name: str, driver: str, options: dict[str, str], labels: dict[str, str]) -> None:
-        with daemon_errors(self.host, f"create volume {name}"):
-            self.api.create_volume(name, driver=driver, driver_opts=options or None, labels=labels or None)
+    def volume_create(self, name: str, options: dict[str, str], labels: dict[str, str]) -> None:
+        self._call(f"create volume {name}", lambda a: a.create_volume(
+            name, driver="local", driver_opts=options or None, labels=labels or None))
 
     def volume_remove(self, name: str) -> None:
-        try:
-            self.api.remove_volume(name, force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as e:
-            raise DockerError(f"{self.host.name}: remove volume {name}: {_explain(e)}") from None
+        self._call(f"remove volume {name}", lambda a: a.remove_volume(name, force=True), None)

@@ -113,6 +113,7 @@ class Migration:
         self.report = MigrationReport(self.mid, self.container, source, target)
         self._undo: list[tuple[str, Callable[[], None]]] = []
         self.link: Link | None = None
+        self.ports: list[int] = []  # the container's TCP ports that answered before the freeze
 
     # --- helpers ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -200,7 +201,8 @@ class Migration:
             self.report.transfer = "direct" if link.direct else "relay"
             self.emit(Event("info", "presync", f"transfer {self.report.transfer}"))
             if not de.image_exists(spec.image_id):
-                ref = spec.image_ref if se.image_inspect(spec.image_ref)["Id"] == spec.image_id else spec.image_id
+                tagged = se.image_inspect(spec.image_ref) or {}
+                ref = spec.image_ref if tagged.get("Id") == spec.image_id else spec.image_id
                 self.emit(Event("info", "presync", f"shipping image {ref}"))
                 pr.bytes += link.pipe([["docker", "save", ref]], [["docker", "load", "-q"]], f"image {ref}",
                                       self._progress("presync"))
@@ -212,7 +214,7 @@ class Migration:
                     raise MigratorError(f"{self.src.name}: volume {name} uses driver {vol.get('Driver')};"
                                         " only local volumes are moved")
                 if de.volume_inspect(name) is None:
-                    de.volume_create(name, "local", vol.get("Options") or {}, vol.get("Labels") or {})
+                    de.volume_create(name, vol.get("Options") or {}, vol.get("Labels") or {})
                     self.on_undo(f"{self.dst.name}: volume {name}", lambda n=name: de.volume_remove(n))
                 dst_mp = (de.volume_inspect(name) or {})["Mountpoint"]
                 pr.bytes += link.sync_dir(vol["Mountpoint"], dst_mp)
@@ -223,12 +225,12 @@ class Migration:
             self.dst.run(["bash", "-c", 'umask 077; mkdir -p "$1"', "_", self.dst_cpdir])
             # Docker must not restart the frozen source on its own (two copies): its restart
             # policy is "no" until it is removed, or put back on rollback.
+            self.ports = cp.open_ports(self.src, se, spec.id)
             policy = spec.host_config.get("RestartPolicy") or {"Name": "no"}
             if policy.get("Name") not in ("", "no"):
-                se.api.update_container(spec.id, restart_policy={"Name": "no"})
-                self.on_undo(f"{self.src.name}: restart policy", lambda: se.api.update_container(
-                    spec.id, restart_policy={"Name": policy["Name"],
-                                             "MaximumRetryCount": policy.get("MaximumRetryCount", 0)}))
+                se.update_restart_policy(spec.id, {"Name": "no"})
+                self.on_undo(f"{self.src.name}: restart policy", lambda: se.update_restart_policy(
+                    spec.id, {"Name": policy["Name"], "MaximumRetryCount": policy.get("MaximumRetryCount", 0)}))
 
     def _progress(self, phase: str) -> Callable[[int], None]:
         return lambda n: self.emit(Event("bytes", phase, bytes=n))
@@ -266,7 +268,7 @@ class Migration:
                 with cp.criu_options(self.dst, self.mid, cp.MIGRATE_CRIU_OPTS):
                     de.start(self.tid, checkpoint=self.mid)
             with self.phase("verify"):
-                if not cp.answers(self.dst, de, spec.name, timeout=30):
+                if not cp.answers(self.dst, de, spec.name, self.ports, timeout=30):
                     raise MigratorError(f"{self.dst.name}: {spec.name} started but does not answer")
                 self.report.downtime_s = round(time.monotonic() - t_freeze, 3)
         except MigratorError as e:
@@ -308,7 +310,13 @@ class Migration:
                 try:
                     de.remove_container(self.tid)
                 except MigratorError as ex:
-                    left.append(f"{self.dst.name}: container {spec.name} may still run: {ex}")
+                    if cp.runtime_stopped(self.dst, self.tid):
+                        left.append(f"{self.dst.name}: container {spec.name} ({self.tid[:12]}) is left "
+                                    f"there, not running; `docker rm {spec.name}` on {self.dst.name} "
+                                    "once its dockerd is back")
+                    else:
+                        left.append(f"{self.dst.name}: container {spec.name} may still run: {ex}")
+                self._undo = [(w, f) for w, f in self._undo if not w.endswith(f"container {spec.name}")]
             # The source's checkpoint is needed to bring it back: undo must not remove it.
             restore_err = None
             if frozen:
@@ -321,12 +329,12 @@ class Migration:
                 after = se.inspect(spec.id)
                 if after and after["State"].get("Running"):
                     cp.unlock_network(self.src, int(after["State"].get("Pid") or 0))
-            back = cp.answers(self.src, se, spec.id, timeout=20)
+            back = cp.answers(self.src, se, spec.id, self.ports, timeout=20)
             if not back:
                 info = se.inspect(spec.id) or {}
                 if info.get("State", {}).get("Running") and cp.unlock_network(
                         self.src, int(info["State"].get("Pid") or 0)):
-                    back = cp.answers(self.src, se, spec.id, timeout=20)
+                    back = cp.answers(self.src, se, spec.id, self.ports, timeout=20)
             if back:
                 left += self._run_undo()
                 if frozen:

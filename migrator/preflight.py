@@ -102,12 +102,12 @@ def run(src: Host, dst: Host, spec: Spec, src_wd: str, dst_wd: str) -> Preflight
     if mode.startswith("container:"):
         pf.add(s, "network", False, f"{mode}: shares another container's network; move that one")
     elif mode not in ("default", "bridge", "host", "none"):
-        ok = dst.run(["docker", "network", "inspect", mode], check=False).ok
-        pf.add(t, "network", ok, f"network {mode!r} missing; `docker network create {mode}` there")
+        pf.add(t, "network", de.network_exists(mode), f"network {mode!r} missing; `docker network create {mode}` there")
     other = de.inspect(spec.name)
     pf.add(t, "name free", other is None, f"a container named {spec.name} exists there; remove or rename it")
-    if de.image_exists(spec.image_ref):
-        tid = de.image_inspect(spec.image_ref)["Id"]
+    tagged = de.image_inspect(spec.image_ref)
+    if tagged is not None:
+        tid = tagged["Id"]
         pf.add(t, "image tag", tid == spec.image_id, f"{spec.image_ref} is {tid[:19]} there but "
                f"{spec.image_id[:19]} on {s}; retag one of them")
     for ip, port, proto in spec.published_ports():
@@ -118,7 +118,7 @@ def run(src: Host, dst: Host, spec: Spec, src_wd: str, dst_wd: str) -> Preflight
         pf.add(t, f"port {port}/{proto}", not busy and not taken,
                f"in use ({', '.join(taken) or busy.split()[3] if busy else ''}); free it or pick another target")
     # Room for the process and the checkpoint.
-    st = se.api.stats(spec.id, stream=False, one_shot=True) if spec.running else {}
+    st = se.stats(spec.id) if spec.running else {}
     mem = int((st.get("memory_stats") or {}).get("usage") or 0)
     upper = spec.upper_dir
     diff = int(src.run(["du", "-sb", upper], check=False).stdout.split()[0] or 0) if upper else 0

@@ -72,6 +72,7 @@ else
     say "installed $(criu --version | sed -n 's/^Version: *//p') at /usr/local/sbin/criu"
 fi
 
+cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 venv=${VENV:-.venv}
 if [ ! -x "$venv/bin/migrator" ] || [ pyproject.toml -nt "$venv/.installed" ]; then

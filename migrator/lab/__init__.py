@@ -84,8 +84,16 @@ def _read_pid(path: Path) -> int:
 
 
 class Lab:
-    def __init__(self, root: Path = LAB_DIR, progress: Progress | None = None) -> None:
+    """A lab is named by its directory, bridge, subnet and host-name prefix, so a second,
+    small one (the tests' own lifecycle test) never touches the first."""
+
+    def __init__(self, root: Path = LAB_DIR, progress: Progress | None = None, *,
+                 bridge: str = BRIDGE, subnet: str = SUBNET, prefix: str = "lab") -> None:
+        if any(root.is_relative_to(p) for p in ("/tmp", "/run", "/dev/shm")):  # noqa: S108
+            raise LabError(f"lab directory {root} would be hidden by the hosts' own /tmp, /run, /dev/shm",
+                           hint="set MIGRATOR_LAB_DIR to a path on disk, e.g. under /var/lib")
         self.root = root
+        self.bridge, self.subnet, self.prefix = bridge, subnet, prefix
         self.say = progress or (lambda _m: None)
         self.state_file = root / "lab.json"
         self.key = root / "id_ed25519"
@@ -131,7 +139,7 @@ class Lab:
         self._bridge()
         hosts = {h.name: h for h in self.hosts()}
         for i in range(1, count + 1):
-            name = f"lab{i}"
+            name = f"{self.prefix}{i}"
             h = hosts.get(name)
             if h and self.healthy(h):
                 continue
@@ -141,12 +149,12 @@ class Lab:
                 done.append(f"{name}: rebuilt")
             else:
                 done.append(f"{name}: created")
-            h = LabHost(name, f"{SUBNET}.{10 + i}", f"migrator-{name}", str(self.root / "hosts" / name))
+            h = LabHost(name, f"{self.subnet}.{10 + i}", f"migrator-{name}", str(self.root / "hosts" / name))
             self.say(f"{name}: starting at {h.address}")
             self._host_up(h)
             hosts[name] = h
-            self._save(sorted(hosts.values(), key=lambda x: int(x.name[3:])))
-        all_hosts = sorted(hosts.values(), key=lambda x: int(x.name[3:]))
+            self._save(sorted(hosts.values(), key=lambda x: int(x.name[len(self.prefix):])))
+        all_hosts = sorted(hosts.values(), key=lambda x: int(x.name[len(self.prefix):]))
         for h in all_hosts:
             self._wait_ready(h)
         self._write_known_hosts(all_hosts)
@@ -157,20 +165,24 @@ class Lab:
         self.write_inventory(inventory or Path("inventory/lab.yaml"))
         return done
 
+    def _forward_rule(self) -> list[str]:
+        return ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+
     def _controller_key(self) -> None:
         if not self.key.exists():
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "migrator-lab-controller",
                   "-f", str(self.key)])
 
     def _bridge(self) -> None:
-        if not Path(f"/sys/class/net/{BRIDGE}").exists():
-            self.say(f"bridge {BRIDGE} {SUBNET}.1/24")
-            _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-            _run(["ip", "addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE])
-            _run(["ip", "link", "set", BRIDGE, "up"])
+        br = self.bridge
+        if not Path(f"/sys/class/net/{br}").exists():
+            self.say(f"bridge {br} {self.subnet}.1/24")
+            _run(["ip", "link", "add", br, "type", "bridge"])
+            _run(["ip", "addr", "add", f"{self.subnet}.1/24", "dev", br])
+            _run(["ip", "link", "set", br, "up"])
         # With bridge-nf-call-iptables, bridged host-to-host packets cross this namespace's
         # FORWARD chain, whose policy may be DROP (left by some other dockerd).
-        rule = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
+        rule = self._forward_rule()
         if _run(["iptables", "-C", *rule], check=False).returncode != 0:
             _run(["iptables", "-I", *rule])
         # Record mount points the lab had to make, so `down` removes only those.
@@ -212,12 +224,12 @@ class Lab:
         if Path(f"/sys/class/net/{veth}").exists():
             _run(["ip", "link", "del", veth])
         _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", h.netns])
-        _run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+        _run(["ip", "link", "set", veth, "master", self.bridge, "up"])
         ns = ["ip", "-n", h.netns]
         _run([*ns, "link", "set", "lo", "up"])
         _run([*ns, "addr", "add", f"{h.address}/24", "dev", "eth0"])
         _run([*ns, "link", "set", "eth0", "up"])
-        _run([*ns, "route", "add", "default", "via", f"{SUBNET}.1"])
+        _run([*ns, "route", "add", "default", "via", f"{self.subnet}.1"])
         script = resources.files("migrator.lab").joinpath("host-init.sh")
         log_f = open(d / "init.log", "wb")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
@@ -321,7 +333,7 @@ class Lab:
             "defaults": {"user": "root", "port": 22, "identity_file": str(self.key),
                          "known_hosts": str(self.known_hosts)},
             "hosts": hosts,
-            "groups": {"lab": list(hosts)},
+            "groups": {self.prefix: list(hosts)},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("# Written by `migrator lab up`: the lab's hosts on this machine.\n"
@@ -332,7 +344,6 @@ class Lab:
         """What a reboot does to a host's services: stop dockerd (its containers die) and
         sshd, then start both again."""
         h = self.host(name)
-        d = Path(h.dir)
         self.stop_service(h, "sshd")
         self.stop_service(h, "dockerd")
         self.start_service(h, "dockerd")
@@ -359,10 +370,10 @@ class Lab:
         for h in self.hosts():
             self._host_down(h)
             done.append(f"{h.name}: removed")
-        if Path(f"/sys/class/net/{BRIDGE}").exists():
-            _run(["ip", "link", "del", BRIDGE])
-            done.append(f"bridge {BRIDGE}: removed")
-        rule = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
+        if Path(f"/sys/class/net/{self.bridge}").exists():
+            _run(["ip", "link", "del", self.bridge])
+            done.append(f"bridge {self.bridge}: removed")
+        rule = self._forward_rule()
         while _run(["iptables", "-C", *rule], check=False).returncode == 0:
             _run(["iptables", "-D", *rule])
         made = self.root / "made-mountpoints"

@@ -1,0 +1,37 @@
+# The two commands a new user runs: `make demo` and `make test`. Both install what they need.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup demo test test-unit test-integration lint bench lab-up lab-down clean
+
+setup:
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(BIN)/ruff check migrator tests
+	$(BIN)/mypy migrator
+	$(BIN)/pytest -p no:cacheprovider tests
+
+test-unit: setup
+	$(BIN)/pytest -p no:cacheprovider tests/unit
+
+test-integration: setup
+	$(BIN)/pytest -p no:cacheprovider tests/integration
+
+lint: setup
+	$(BIN)/ruff check migrator tests
+	$(BIN)/mypy migrator
+
+lab-up: setup
+	$(BIN)/migrator lab up
+
+lab-down:
+	$(BIN)/migrator lab down
+
+clean:
+	rm -rf $(VENV) *.egg-info

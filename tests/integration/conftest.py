@@ -1,0 +1,121 @@
+"""The lab, once per test session: real dockerd, CRIU and sshd in namespaces on this box."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from migrator.engine import Engine
+from migrator.inventory import Inventory, load
+from migrator.lab import Lab
+from migrator.transport import Host, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+MIGRATOR = [sys.executable, "-m", "migrator.cli"]
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (the lab makes namespaces); run `make test` as root")
+    lab = Lab()
+    was_up = bool(lab.hosts()) and all(lab.healthy(h) for h in lab.hosts())
+    lab.up(3, ROOT / "inventory" / "lab.yaml")
+    yield lab
+    if not was_up and not os.environ.get("MIGRATOR_KEEP_LAB"):
+        lab.down()
+
+
+@pytest.fixture(scope="session")
+def inv(lab: Lab) -> Inventory:
+    return load(ROOT / "inventory" / "lab.yaml")
+
+
+class LabHost:
+    """A lab host as the tests see it: docker over our own transport, redis by address."""
+
+    def __init__(self, inv: Inventory, name: str) -> None:
+        self.name = name
+        self.spec = inv.host(name)
+        self.address = self.spec.address
+        self.host = Host(self.spec)
+        self.engine = Engine(self.host)
+
+    def sh(self, *argv: str, check: bool = True) -> str:
+        return self.host.run(list(argv), check=check).stdout
+
+    def redis(self, port: int = 6379) -> redis.Redis:
+        return redis.Redis(self.address, port, socket_timeout=5, socket_connect_timeout=5)
+
+    def wait_redis(self, port: int = 6379) -> redis.Redis:
+        r = self.redis(port)
+        assert wait_for(lambda: r.ping(), 20), f"redis on {self.name}:{port} did not answer"
+        return r
+
+    def running(self) -> list[str]:
+        return sorted(c["Names"][0].lstrip("/") for c in self.engine.containers())
+
+    def leftovers(self) -> dict[str, str]:
+        """Everything a migration may leave behind on a host; all should be empty."""
+        return {
+            "work": self.sh("bash", "-c", "ls -A /var/lib/migrator/work 2>/dev/null || true").strip(),
+            "locks": self.sh("bash", "-c", "ls -A /var/lib/migrator/locks 2>/dev/null || true").strip(),
+            "checkpoints": self.sh("bash", "-c", "ls -A /var/lib/docker/containers/*/checkpoints/ "
+                                   "2>/dev/null | grep -v '^/' | grep . || true").strip(),
+            "keys": self.sh("bash", "-c", "grep -c migrator-transfer ~/.ssh/authorized_keys || true").strip()
+            .replace("0", ""),
+            "runc.conf": self.sh("bash", "-c", "cat /etc/criu/runc.conf 2>/dev/null || true").strip(),
+        }
+
+    def close(self) -> None:
+        self.host.close()
+
+
+def reset(h: LabHost) -> None:
+    """An empty host: no containers, volumes, work dirs, locks, CRIU config or transfer keys."""
+    for c in h.engine.containers(all=True):
+        h.engine.remove_container(c["Id"])
+    h.sh("bash", "-c", "docker volume prune -f >/dev/null; rm -rf /var/lib/migrator/work "
+         "/var/lib/migrator/locks /etc/criu/runc.conf; sed -i '/migrator-transfer-/d' "
+         "~/.ssh/authorized_keys", check=False)
+
+
+@pytest.fixture
+def hosts(inv: Inventory) -> Iterator[dict[str, LabHost]]:
+    hs = {n: LabHost(inv, n) for n in ("lab1", "lab2", "lab3")}
+    for h in hs.values():
+        reset(h)
+    yield hs
+    for h in hs.values():
+        reset(h)
+        h.close()
+
+
+def run_cli(*args: str, inventory: Path | None = ROOT / "inventory" / "lab.yaml",
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    argv = [*MIGRATOR] + (["-i", str(inventory)] if inventory else []) + list(args)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def fill(r: redis.Redis, n: int, prefix: str = "k") -> None:
+    p = r.pipeline(transaction=False)
+    for i in range(n):
+        p.set(f"{prefix}{i}", f"v{i}")
+        if i % 10000 == 9999:
+            p.execute()
+    p.execute()
+
+
+def check_all(r: redis.Redis, n: int, prefix: str = "k") -> None:
+    p = r.pipeline(transaction=False)
+    for i in range(n):
+        p.get(f"{prefix}{i}")
+    vals = p.execute()
+    missing = [i for i, v in enumerate(vals) if v != f"v{i}".encode()]
+    assert not missing, f"{len(missing)} keys missing or wrong, first {missing[:5]}"

@@ -1,0 +1,239 @@
+"""`migrator migrate` on the lab: real dockerd, CRIU and sshd on three hosts."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import LabHost, check_all, fill, run_cli
+
+from migrator.errors import MigrationFailed
+from migrator.inventory import Inventory
+from migrator.lab import Lab
+from migrator.migrate import Event, Migration
+
+
+def start_redis(h: LabHost, name: str = "r1", port: int = 6379, *extra: str) -> redis.Redis:
+    h.sh("docker", "run", "-d", "--name", name, "-p", f"{port}:6379", *extra, "lab/redis")
+    return h.wait_redis(port)
+
+
+def test_redis_100k_keys_moves_with_its_memory(hosts: dict[str, LabHost]) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    fill(start_redis(a), 100_000)
+    r = run_cli("migrate", "r1", "--from", "lab1", "--to", "lab2", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["status"] == "migrated" and rep["container"] == "r1"
+    assert 0 < rep["downtime_s"] < rep["total_s"]
+    assert rep["bytes_sent"] > 0
+    names = [p["name"] for p in rep["phases"]]
+    assert names == ["resolve", "preflight", "presync", "freeze", "filesystem", "transfer", "restore",
+                     "verify", "cleanup"]
+    assert all(p["seconds"] >= 0 for p in rep["phases"])
+    check_all(b.wait_redis(), 100_000)
+    assert a.running() == [] and a.engine.inspect("r1") is None, "the source container is removed"
+    assert b.running() == ["r1"]
+    for h in (a, b):
+        assert not any(h.leftovers().values()), f"{h.name}: {h.leftovers()}"
+
+
+def test_configuration_and_named_volume_are_equal_on_target(hosts: dict[str, LabHost]) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    a.sh("docker", "volume", "create", "--label", "team=db", "appdata")
+    a.sh("docker", "run", "-d", "--name", "cfg", "-e", "MODE=primary", "-e", "TOKEN=x y",
+         "--label", "app=cache", "--label", "tier=2", "-p", "7001:6379", "-p", "7002:7002",
+         "--restart", "unless-stopped", "--memory", "256m", "--hostname", "cachehost",
+         "-v", "appdata:/data", "lab/redis")
+    ra = a.wait_redis(7001)
+    ra.set("mem", "kept")
+    a.sh("docker", "exec", "cfg", "sh", "-c", "echo volume-data > /data/file; mkdir -p /srv; "
+         "echo rootfs-data > /srv/written")
+    before = a.engine.inspect("cfg")
+    r = run_cli("migrate", "cfg", "--from", "lab1", "--to", "lab2")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert b.wait_redis(7001).get("mem") == b"kept"
+    after = b.engine.inspect("cfg")
+    assert after is not None and before is not None
+    for key in ("Env", "Labels", "Hostname", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts"):
+        assert after["Config"][key] == before["Config"][key], key
+    for key in ("PortBindings", "RestartPolicy", "Memory", "NanoCpus", "Binds", "NetworkMode"):
+        assert after["HostConfig"][key] == before["HostConfig"][key], key
+    assert after["Config"]["Image"] == before["Config"]["Image"] == "lab/redis"
+    assert b.sh("docker", "exec", "cfg", "cat", "/data/file").strip() == "volume-data"
+    assert b.sh("docker", "exec", "cfg", "cat", "/srv/written").strip() == "rootfs-data"
+    assert b.engine.volume_inspect("appdata")["Labels"] == {"team": "db"}
+    # the container stays a normal Docker container on the target
+    b.sh("docker", "logs", "cfg")
+    b.sh("docker", "stop", "cfg")
+    assert b.running() == []
+
+
+class Clients:
+    """One client holds a connection open; another INCRs every few ms wherever the service is
+    (old address, then new). Every acknowledged write is recorded."""
+
+    def __init__(self, addrs: list[tuple[str, int]]) -> None:
+        self.addrs = addrs
+        self.stop = threading.Event()
+        self.acked = 0
+        self.errors = 0
+        self.holder_reconnected = False
+        self.threads = [threading.Thread(target=self.writer), threading.Thread(target=self.holder)]
+
+    def _conn(self) -> redis.Redis | None:
+        for host, port in self.addrs:
+            r = redis.Redis(host, port, socket_timeout=1, socket_connect_timeout=0.5)
+            try:
+                if r.ping():
+                    return r
+            except redis.RedisError:
+                continue
+        return None
+
+    def writer(self) -> None:
+        r = None
+        while not self.stop.is_set():
+            try:
+                r = r or self._conn()
+                if r is not None:
+                    self.acked = int(r.incr("counter"))
+            except redis.RedisError:
+                self.errors += 1
+                r = None
+            time.sleep(0.003)
+
+    def holder(self) -> None:
+        r = self._conn()
+        while not self.stop.is_set():
+            try:
+                assert r is not None
+                r.ping()
+            except (redis.RedisError, AssertionError):
+                r = self._conn()
+                if r is not None and r.connection_pool.connection_kwargs["host"] == self.addrs[1][0]:
+                    self.holder_reconnected = True
+            time.sleep(0.05)
+
+    def __enter__(self) -> Clients:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+
+
+def test_migrates_with_clients_connected_and_writing(hosts: dict[str, LabHost]) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    fill(start_redis(a), 10_000)
+    with Clients([(a.address, 6379), (b.address, 6379)]) as cl:
+        assert _wait(lambda: cl.acked > 50)
+        r = run_cli("migrate", "r1", "--from", "lab1", "--to", "lab2", "--json")
+        assert r.returncode == 0, r.stderr
+        seen = cl.acked
+        assert _wait(lambda: cl.acked > seen + 50), "the writer resumed on the new host"
+    final = int(b.redis().get("counter") or 0)
+    assert final >= cl.acked, "no acknowledged INCR is missing"
+    assert cl.holder_reconnected, "the idle client reconnected to the new address"
+    check_all(b.redis(), 10_000)
+
+
+def _wait(pred, timeout: float = 30) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_chain_lab1_lab2_lab1_lab3(hosts: dict[str, LabHost]) -> None:
+    fill(start_redis(hosts["lab1"]), 5_000)
+    for src, dst in (("lab1", "lab2"), ("lab2", "lab1"), ("lab1", "lab3")):
+        r = run_cli("migrate", "r1", "--from", src, "--to", dst)
+        assert r.returncode == 0, f"{src}->{dst}: {r.stderr}"
+        check_all(hosts[dst].wait_redis(), 5_000)
+    assert [h.running() for h in hosts.values()] == [[], [], ["r1"]]
+
+
+def _stop_dockerd_on(lab: Lab, host: str, phase: str, kind: str = "done"):  # type: ignore[no-untyped-def]
+    def hook(ev: Event) -> None:
+        if ev.kind == kind and ev.phase == phase:
+            lab.stop_service(lab.host(host), "dockerd")
+    return hook
+
+
+@pytest.mark.parametrize("phase, kind, frozen", [("preflight", "done", False), ("restore", "phase", True)])
+def test_target_dockerd_dies_source_comes_back(hosts: dict[str, LabHost], inv: Inventory, lab: Lab,
+                                               phase: str, kind: str, frozen: bool) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    fill(start_redis(a), 20_000)
+    m = Migration(inv, "r1", "lab1", "lab2", events=_stop_dockerd_on(lab, "lab2", phase, kind))
+    try:
+        with pytest.raises(MigrationFailed) as e:
+            m.run()
+        assert e.value.exit_code == 1
+        assert m.report.status == "rolled_back"
+        assert ("freeze" in [p.name for p in m.report.phases]) == frozen
+    finally:
+        lab.start_service(lab.host("lab2"), "dockerd")
+        lab._wait_ready(lab.host("lab2"))
+    check_all(a.wait_redis(), 20_000)
+    assert a.running() == ["r1"]
+    b.host.close()
+    assert b.running() == [], "never two running copies"
+    left = b.engine.inspect("r1")
+    if frozen and left is not None:  # its dockerd was down: the message names what is left
+        assert f"container r1 ({left['Id'][:12]}) is left" in str(e.value)
+        b.engine.remove_container("r1")
+    assert b.engine.inspect("r1") is None, "nothing left on the target"
+    for h in (a, b):
+        assert not any(h.leftovers().values()), f"{h.name}: {h.leftovers()}"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["r1", "--from", "nohost", "--to", "lab2"], "unknown host 'nohost'"),
+    (["ghost", "--from", "lab1", "--to", "lab2"], "no container 'ghost'"),
+    (["$(touch /tmp/pwned)", "--from", "lab1", "--to", "lab2"], "not a container name"),
+    (["r1; rm -rf /", "--from", "lab1", "--to", "lab2"], "not a container name"),
+    (["r1", "--from", "lab1", "--to", "lab1"], "both 'lab1'"),
+])
+def test_bad_input_exit_2_nothing_changed(hosts: dict[str, LabHost], args: list[str], needle: str) -> None:
+    a = hosts["lab1"]
+    start_redis(a).set("x", "1")
+    Path("/tmp/pwned").unlink(missing_ok=True)
+    r = run_cli("migrate", *args)
+    assert r.returncode == 2, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], r.stderr
+    assert r.stderr.rstrip().endswith(errors[0].rstrip())
+    assert not Path("/tmp/pwned").exists()
+    for h in hosts.values():
+        assert not h.host.ok(["test", "-e", "/tmp/pwned"])
+    assert a.running() == ["r1"] and a.redis().get("x") == b"1"
+    assert not any(a.leftovers().values())
+
+
+def test_dry_run_changes_nothing_and_preflight_refuses(hosts: dict[str, LabHost]) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    start_redis(a)
+    r = run_cli("migrate", "r1", "--from", "lab1", "--to", "lab2", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["status"] == "planned" and all(c["ok"] for c in rep["preflight"])
+    assert a.running() == ["r1"] and b.running() == []
+    # the port is taken on the target: refused before anything changes
+    start_redis(b, "other", 6379)
+    r = run_cli("migrate", "r1", "--from", "lab1", "--to", "lab2")
+    assert r.returncode == 2
+    assert "lab2: port 6379/tcp" in r.stderr
+    assert a.running() == ["r1"] and b.running() == ["other"]
+    for h in (a, b):
+        assert not any(h.leftovers().values())
