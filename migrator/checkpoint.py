@@ -93,8 +93,8 @@ def _accepts(host: Host, info: dict, port: int) -> bool:
     fails this); host- or none-networked containers are probed inside their namespace."""
     ip = _container_ip(info)
     if ip is None:
-        argv = ["nsenter", "-t", Spec(info).pid, "-n", "bash", "-c", 'exec 3<>"/dev/tcp/127.0.0.1/$1"',
-                "_", port]
+        argv: list[str | int] = ["nsenter", "-t", Spec(info).pid, "-n", "bash", "-c",
+                                 'exec 3<>"/dev/tcp/127.0.0.1/$1"', "_", port]
     else:
         argv = ["bash", "-c", 'exec 3<>"/dev/tcp/$1/$2"', "_", ip, port]
     try:

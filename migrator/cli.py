@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import tempfile
 import traceback
@@ -72,7 +71,8 @@ def _status_table(rows: list[hosts_mod.HostStatus]) -> Table:
     t = Table("host", "address", "reachable", "docker", "criu", "running", "note")
     for r in rows:
         t.add_row(r.name, r.address, "[green]yes[/green]" if r.reachable else "[red]no[/red]",
-                  (r.docker_version or "-") + ("" if r.experimental in (None, True) else " (experimental off)"),
+                  (r.docker_version or "-")
+                  + ("" if r.experimental in (None, True) else " (experimental off)"),
                   r.criu_version or "-", ", ".join(r.containers_running) or "-", r.error or "")
     return t
 
@@ -141,9 +141,11 @@ def migrate_cmd(
     container: Annotated[str, typer.Argument(help="Container name or id on the source.")],
     source: Annotated[str, typer.Option("--from", help="Source host (inventory name).")],
     target: Annotated[str, typer.Option("--to", help="Target host (inventory name).")],
-    keep_source: Annotated[bool, typer.Option("--keep-source", help="Keep the source container, stopped.")] = False,
+    keep_source: Annotated[bool, typer.Option(
+        "--keep-source", help="Keep the source container, stopped.")] = False,
     relay: Annotated[bool, typer.Option("--relay", help="Send data through this machine.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and preflight only; change nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Plan and preflight only; change nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Live-migrate a running container to another host, memory and files included."""

@@ -33,7 +33,7 @@ class _HostAdapter(SSHHTTPAdapter):
         self.ssh_host = host.spec.address
         self.timeout = timeout
         self.max_pool_size = 4
-        self.pools = RecentlyUsedContainer(4, dispose_func=lambda p: p.close())
+        self.pools: Any = RecentlyUsedContainer(4, dispose_func=lambda p: p.close())
         requests.adapters.HTTPAdapter.__init__(self)
 
     @property  # type: ignore[override]
@@ -113,7 +113,10 @@ class Engine:
               params: dict[str, str] | None = None) -> Any:
         def go(api: docker.APIClient) -> Any:
             url = api._url(path, *args)
-            res = api._post_json(url, data=data, params=params) if data is not None else api._post(url, params=params)
+            if data is not None:
+                res = api._post_json(url, data=data, params=params)
+            else:
+                res = api._post(url, params=params)
             return api._result(res, json=bool(res.content))
         return self._call(what, go)
 
@@ -153,7 +156,8 @@ class Engine:
         self._call(f"update {container}", lambda a: a.update_container(container, restart_policy=policy))
 
     def stats(self, container: str) -> dict[str, Any]:
-        return dict(self._call(f"stats {container}", lambda a: a.stats(container, stream=False, one_shot=True)))
+        return dict(self._call(f"stats {container}",
+                               lambda a: a.stats(container, stream=False, one_shot=True)))
 
     def checkpoint_create(self, container: str, name: str, *, exit: bool = True) -> None:
         self._post(f"checkpoint {container}", "/containers/{0}/checkpoints", container,

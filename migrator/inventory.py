@@ -84,7 +84,7 @@ class _Loader:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, f"{what} must be a mapping")
         seen: set[str] = set()
-        out = []
+        out: list[tuple[str, yaml.Node, yaml.Node]] = []
         for k, v in node.value:
             if not isinstance(k, yaml.ScalarNode):
                 raise self.fail(k, f"{what}: keys must be plain names")

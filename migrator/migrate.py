@@ -206,7 +206,8 @@ class Migration:
                 self.emit(Event("info", "presync", f"shipping image {ref}"))
                 pr.bytes += link.pipe([["docker", "save", ref]], [["docker", "load", "-q"]], f"image {ref}",
                                       self._progress("presync"))
-                self.on_undo(f"{self.dst.name}: image {ref}", lambda: _quiet(lambda: de.remove_image(spec.image_id)))
+                self.on_undo(f"{self.dst.name}: image {ref}",
+                             lambda: _quiet(lambda: de.remove_image(spec.image_id)))
             for m in spec.named_volumes():
                 name = m["Name"]
                 vol = se.volume_inspect(name) or {}
@@ -215,7 +216,7 @@ class Migration:
                                         " only local volumes are moved")
                 if de.volume_inspect(name) is None:
                     de.volume_create(name, vol.get("Options") or {}, vol.get("Labels") or {})
-                    self.on_undo(f"{self.dst.name}: volume {name}", lambda n=name: de.volume_remove(n))
+                    self.on_undo(f"{self.dst.name}: volume {name}", _bind(de.volume_remove, name))
                 dst_mp = (de.volume_inspect(name) or {})["Mountpoint"]
                 pr.bytes += link.sync_dir(vol["Mountpoint"], dst_mp)
             tid = de.create(spec.name, spec.create_body())
@@ -230,7 +231,8 @@ class Migration:
             if policy.get("Name") not in ("", "no"):
                 se.update_restart_policy(spec.id, {"Name": "no"})
                 self.on_undo(f"{self.src.name}: restart policy", lambda: se.update_restart_policy(
-                    spec.id, {"Name": policy["Name"], "MaximumRetryCount": policy.get("MaximumRetryCount", 0)}))
+                    spec.id, {"Name": policy["Name"],
+                              "MaximumRetryCount": policy.get("MaximumRetryCount", 0)}))
 
     def _progress(self, phase: str) -> Callable[[int], None]:
         return lambda n: self.emit(Event("bytes", phase, bytes=n))
@@ -358,18 +360,22 @@ class Migration:
         self.report.warnings += left
         if source_back and not [x for x in left if "may still run" in x]:
             self.report.status = "rolled_back"
-            err = MigrationFailed(
+            failed = MigrationFailed(
                 f"migration of {self.container} {self.src.name} -> {self.dst.name} failed and was "
                 f"rolled back ({self.src.name} runs it{' from its checkpoint' if frozen else ''}): {e}"
                 + (f"; left over: {'; '.join(left)}" if left else ""))
-            err.report = self.report
-            raise err
+            failed.report = self.report
+            raise failed
         self.report.status = "failed"
         err = RollbackFailed(
             f"migration of {self.container} failed and could not be rolled back: {e}. "
             + " ".join(left))
         err.report = self.report
         raise err
+
+
+def _bind(fn: Callable[[str], None], arg: str) -> Callable[[], None]:
+    return lambda: fn(arg)
 
 
 def _quiet(fn: Callable[[], None]) -> None:

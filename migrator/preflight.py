@@ -102,7 +102,8 @@ def run(src: Host, dst: Host, spec: Spec, src_wd: str, dst_wd: str) -> Preflight
     if mode.startswith("container:"):
         pf.add(s, "network", False, f"{mode}: shares another container's network; move that one")
     elif mode not in ("default", "bridge", "host", "none"):
-        pf.add(t, "network", de.network_exists(mode), f"network {mode!r} missing; `docker network create {mode}` there")
+        pf.add(t, "network", de.network_exists(mode),
+               f"network {mode!r} missing; `docker network create {mode}` there")
     other = de.inspect(spec.name)
     pf.add(t, "name free", other is None, f"a container named {spec.name} exists there; remove or rename it")
     tagged = de.image_inspect(spec.image_ref)
@@ -110,13 +111,13 @@ def run(src: Host, dst: Host, spec: Spec, src_wd: str, dst_wd: str) -> Preflight
         tid = tagged["Id"]
         pf.add(t, "image tag", tid == spec.image_id, f"{spec.image_ref} is {tid[:19]} there but "
                f"{spec.image_id[:19]} on {s}; retag one of them")
-    for ip, port, proto in spec.published_ports():
+    for _ip, port, proto in spec.published_ports():
         flag = "-Hltn" if proto == "tcp" else "-Hlun"
         busy = dst.run(["ss", flag, f"sport = :{port}"], check=False).stdout.strip()
         taken = [c["Names"][0].lstrip("/") for c in de.containers()
                  if any(p.get("PublicPort") == port for p in c.get("Ports") or [])]
         pf.add(t, f"port {port}/{proto}", not busy and not taken,
-               f"in use ({', '.join(taken) or busy.split()[3] if busy else ''}); free it or pick another target")
+               f"in use ({', '.join(taken) or 'by a process'}); free it or pick another target")
     # Room for the process and the checkpoint.
     st = se.stats(spec.id) if spec.running else {}
     mem = int((st.get("memory_stats") or {}).get("usage") or 0)

@@ -157,7 +157,8 @@ def open_link(src: Host, dst: Host, mid: str, workdir: str, *, relay_only: bool 
     link._known_hosts = f"{workdir}/known_hosts"
     src.put(priv, link._key_path, 0o600)
     src.put(host_key.encode(), link._known_hosts, 0o600)
-    dst.run(["bash", "-c", 'umask 077; mkdir -p "$HOME/.ssh"; printf "%s\\n" "$1" >> "$HOME/.ssh/authorized_keys"',
+    dst.run(["bash", "-c",
+             'umask 077; mkdir -p "$HOME/.ssh"; printf "%s\\n" "$1" >> "$HOME/.ssh/authorized_keys"',
              "_", line])
     try:
         r = src.run([*link._ssh_argv(), "true"], check=False, timeout=30)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -125,7 +124,7 @@ class Host:
             raise ConnectionError_(f"{where}: SSH failed: {e}") from None
         except FileNotFoundError:
             raise ConnectionError_(f"{where}: identity file {s.identity_file} not found") from None
-        except (OSError, socket.timeout) as e:
+        except (TimeoutError, OSError) as e:
             raise ConnectionError_(
                 f"{where}: unreachable: {e.strerror or e}",
                 hint="is the host up and sshd listening? (`migrator hosts` checks them all)",
@@ -171,7 +170,7 @@ class Host:
             ch.shutdown_write()
             out, err = _drain(ch, timeout)
             rc = ch.recv_exit_status()
-        except socket.timeout:
+        except TimeoutError:
             raise CommandError(f"{self.name}: `{cmd}` timed out after {timeout} s") from None
         finally:
             ch.close()
@@ -256,7 +255,7 @@ def _drain(ch: paramiko.Channel, timeout: float | None = None) -> tuple[bytes, b
             return out.getvalue(), err.getvalue()
         wait = 1.0 if deadline is None else deadline - time.monotonic()
         if wait <= 0:
-            raise socket.timeout()
+            raise TimeoutError()
         select.select([ch], [], [], min(wait, 1.0))
 
 

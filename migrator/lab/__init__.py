@@ -271,7 +271,10 @@ class Lab:
             targets = [x.address for x in hosts]
             for addr in targets:
                 probe = ["bash", "-c", f"exec 3<>/dev/tcp/{addr}/22"]
-                if not wait_for(lambda: self.ns_exec(h, probe, check=False, timeout=5).returncode == 0, 10):
+                def reach(h: LabHost = h, probe: list[str] = probe) -> bool:
+                    return self.ns_exec(h, probe, check=False, timeout=5).returncode == 0
+
+                if not wait_for(reach, 10):
                     raise LabError(f"{h.name} cannot reach {addr}:22 over the lab bridge",
                                    hint="check the FORWARD chain and bridge-nf-call-iptables")
 
@@ -322,9 +325,9 @@ class Lab:
         for c in changes:
             argv += ["--change", c]
         self.ns_exec(h, [*argv, "-", IMAGE], input=tarball.stdout, text=False)
-        with tar.open("wb") as f:
+        with tar.open("wb") as out:
             subprocess.run(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", "docker", "save", IMAGE],
-                           stdout=f, check=True)
+                           stdout=out, check=True)
         shutil.rmtree(rootfs)
 
     def write_inventory(self, path: Path) -> None:
@@ -357,7 +360,8 @@ class Lab:
     def start_service(self, h: LabHost, svc: str) -> None:
         d = Path(h.dir)
         if svc == "dockerd":
-            script = f'dockerd --config-file {d}/daemon.json >>{d}/dockerd.log 2>&1 & echo $! >{d}/dockerd.pid'
+            script = (f"dockerd --config-file {d}/daemon.json >>{d}/dockerd.log 2>&1 & "
+                      f"echo $! >{d}/dockerd.pid")
         else:
             script = f"/usr/sbin/sshd -f {d}/sshd_config -E {d}/sshd.log"
         subprocess.Popen(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", "bash", "-c", script],

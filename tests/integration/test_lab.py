@@ -64,7 +64,8 @@ def test_small_lab_up_twice_then_down_leaves_nothing(tmp_path: Path) -> None:
 
 def test_hosts_are_isolated_and_reach_each_other(hosts: dict[str, LabHost], inv: Inventory) -> None:
     a, b = hosts["lab1"], hosts["lab2"]
-    a.sh("bash", "-c", "echo lab1 > /etc/criu/marker; echo x > /dev/shm/marker; echo y > /var/lib/migrator/marker")
+    a.sh("bash", "-c", "echo lab1 > /etc/criu/marker; echo x > /dev/shm/marker; "
+         "echo y > /var/lib/migrator/marker")
     try:
         for path in ("/etc/criu/marker", "/dev/shm/marker", "/var/lib/migrator/marker"):
             assert not b.host.ok(["test", "-e", path]), f"{path} written on lab1 is visible on lab2"
