@@ -11,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from .container import Spec
 from .engine import Engine
-from .errors import CommandError, MigratorError
+from .errors import CommandError, LockedError, MigratorError
 from .transport import Host, wait_for
 
 log = logging.getLogger(__name__)
@@ -43,32 +47,113 @@ def remove_workdir(host: Host, mid: str) -> None:
     host.run(["rm", "-rf", "--one-file-system", workdir(mid)], check=False)
 
 
+def lock_path(container_id: str) -> str:
+    return f"{STATE_DIR}/locks/{container_id}"
+
+
+def controller_id() -> str:
+    """This controller, across machines and reboots: a lock it left names it."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()}:{boot}"
+
+
+def owner(**what: Any) -> dict[str, Any]:
+    return {**what, "controller": controller_id(), "pid": os.getpid(), "since": time.time()}
+
+
+def _stale(owner_text: str) -> bool:
+    """A lock left by a dead process of this same controller (it was killed): safe to take."""
+    try:
+        o = json.loads(owner_text)
+    except ValueError:
+        return False
+    if not isinstance(o, dict) or o.get("controller") != controller_id() or not isinstance(o.get("pid"), int):
+        return False
+    if o["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(o["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _try_lock(host: Host, path: str, who: dict[str, Any],
+              on_stale: Callable[[], None] | None = None) -> bool:
+    """mkdir is atomic: the one that makes the directory holds the lock; it names its owner.
+    A lock whose owner was a process of this controller that no longer exists is taken over
+    (after `on_stale` repairs what that process left half done)."""
+    take = ["bash", "-c", 'umask 077; mkdir -p "$(dirname "$1")" && mkdir "$1" && '
+            'printf "%s" "$2" > "$1/owner"', "_", path, json.dumps(who)]
+    if host.run(take, check=False).ok:
+        return True
+    if _stale(_lock_owner(host, path)):
+        log.warning("%s: taking over %s from a dead process of this controller", host.name, path)
+        if on_stale:
+            on_stale()
+        host.run(["rm", "-rf", path], check=False)
+        return host.run(take, check=False).ok
+    return False
+
+
+def _lock_owner(host: Host, path: str) -> str:
+    return host.run(["cat", f"{path}/owner"], check=False).stdout.strip() or "unknown owner"
+
+
+def take_lock(host: Host, container_id: str, who: dict[str, Any]) -> None:
+    """One operation per container at a time, held on the container's own host."""
+    path = lock_path(container_id)
+    if not _try_lock(host, path, who):
+        raise LockedError(f"{host.name}: container {who.get('container', container_id)} is locked by "
+                          f"another operation: {_lock_owner(host, path)}",
+                          hint=f"if none runs (its controller died), remove {path} on {host.name}")
+
+
+def release_lock(host: Host, container_id: str) -> None:
+    host.run(["rm", "-rf", lock_path(container_id)], check=False)
+
+
 def checkpoint_dir(engine: Engine, container_id: str, name: str) -> str:
     root = engine.info().get("DockerRootDir", "/var/lib/docker")
     return f"{root}/containers/{container_id}/checkpoints/{name}"
 
 
+RUNC_LOCK = f"{STATE_DIR}/locks/runc-conf"
+# Put runc.conf back as it was: the saved copy, or no file when there was none. A run that
+# died before saving anything changed nothing, and this then changes nothing either.
+_PUT_BACK = ('if [ -e "$2/runc.conf.orig" ]; then mv "$2/runc.conf.orig" "$1"; '
+             'elif [ -e "$2/runc.conf.absent" ]; then rm -f "$1"; fi')
+
+
 @contextlib.contextmanager
-def criu_options(host: Host, mid: str, options: list[str]) -> Iterator[None]:
+def criu_options(host: Host, op: str, options: list[str]) -> Iterator[None]:
     """Hold the host's runc.conf with `options` added for the duration of the block."""
-    lock = f"{STATE_DIR}/locks/runc-conf"
-    owner = json.dumps({"mid": mid, "since": time.time()})
-    take = ["bash", "-c", 'mkdir -p "$(dirname "$1")" && mkdir "$1" && printf "%s" "$2" > "$1/owner"',
-            "_", lock, owner]
-    if not wait_for(lambda: host.run(take, check=False).ok, LOCK_WAIT_S, 0.2):
-        holder = host.run(["cat", f"{lock}/owner"], check=False).stdout
-        raise MigratorError(f"{host.name}: {RUNC_CONF} is held by another operation ({holder})",
-                            hint=f"if none runs, remove {lock} on {host.name}")
-    saved = f"{lock}/runc.conf.orig"
+    lock = RUNC_LOCK
+
+    def put_back() -> None:
+        host.run(["bash", "-c", _PUT_BACK, "_", RUNC_CONF, lock], check=False)
+
+    if not wait_for(lambda: _try_lock(host, lock, owner(op=op), put_back), LOCK_WAIT_S, 0.2):
+        raise LockedError(f"{host.name}: {RUNC_CONF} is held by another operation "
+                          f"({_lock_owner(host, lock)})",
+                          hint=f"if none runs, put {lock}/runc.conf.orig back and remove {lock} "
+                          f"on {host.name}")
     try:
         host.run(["bash", "-c",
-                  'if [ -e "$1" ]; then cp -p "$1" "$2"; fi; mkdir -p "$(dirname "$1")"; '
-                  '{ [ ! -e "$2" ] || cat "$2"; printf "%s\\n" "${@:3}"; } > "$1.new" && mv "$1.new" "$1"',
-                  "_", RUNC_CONF, saved, *options])
+                  'if [ -e "$1" ]; then cp -p "$1" "$2/runc.conf.orig"; else : > "$2/runc.conf.absent"; fi; '
+                  'mkdir -p "$(dirname "$1")"; '
+                  '{ [ ! -e "$2/runc.conf.orig" ] || cat "$2/runc.conf.orig"; printf "%s\\n" "${@:3}"; } '
+                  '> "$1.new" && mv "$1.new" "$1"',
+                  "_", RUNC_CONF, lock, *options])
         yield
     finally:
-        host.run(["bash", "-c", 'if [ -e "$2" ]; then mv "$2" "$1"; else rm -f "$1"; fi; rm -rf "$3"',
-                  "_", RUNC_CONF, saved, lock], check=False)
+        put_back()
+        host.run(["rm", "-rf", lock], check=False)
 
 
 def unlock_network(host: Host, pid: int) -> bool:

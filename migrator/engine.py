@@ -159,9 +159,12 @@ class Engine:
         return dict(self._call(f"stats {container}",
                                lambda a: a.stats(container, stream=False, one_shot=True)))
 
-    def checkpoint_create(self, container: str, name: str, *, exit: bool = True) -> None:
-        self._post(f"checkpoint {container}", "/containers/{0}/checkpoints", container,
-                   data={"CheckpointID": name, "Exit": exit})
+    def checkpoint_create(self, container: str, name: str, *, exit: bool = True,
+                          checkpoint_dir: str | None = None) -> None:
+        data: dict[str, Any] = {"CheckpointID": name, "Exit": exit}
+        if checkpoint_dir:
+            data["CheckpointDir"] = checkpoint_dir
+        self._post(f"checkpoint {container}", "/containers/{0}/checkpoints", container, data=data)
 
     def checkpoint_delete(self, container: str, name: str) -> None:
         def go(api: docker.APIClient) -> None:

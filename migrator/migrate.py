@@ -8,7 +8,6 @@ also restored from its own checkpoint, and only counted as back once it answers.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -22,14 +21,13 @@ from .container import Spec, validate_name
 from .engine import Engine
 from .errors import (
     CommandError,
-    LockedError,
     MigrationFailed,
     MigratorError,
     PreflightError,
     RollbackFailed,
 )
 from .inventory import Inventory
-from .transfer import Link, open_link
+from .transfer import Link, open_link, ship_image
 from .transport import Host
 
 log = logging.getLogger(__name__)
@@ -75,26 +73,6 @@ class MigrationReport:
 
 def new_id() -> str:
     return time.strftime("mig-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
-
-
-def lock_path(container_id: str) -> str:
-    return f"{cp.STATE_DIR}/locks/{container_id}"
-
-
-def take_lock(host: Host, container_id: str, owner: dict[str, Any]) -> None:
-    """One operation per container at a time, held on the container's own host."""
-    path = lock_path(container_id)
-    r = host.run(["bash", "-c", 'umask 077; mkdir -p "$(dirname "$1")" && mkdir "$1" && '
-                  'printf "%s" "$2" > "$1/owner"', "_", path, json.dumps(owner)], check=False)
-    if not r.ok:
-        held = host.run(["cat", f"{path}/owner"], check=False).stdout.strip()
-        raise LockedError(f"{host.name}: container {owner['container']} is locked by another "
-                          f"operation: {held or 'unknown owner'}",
-                          hint=f"if no migration runs, `migrator recover --on {host.name}` clears it")
-
-
-def release_lock(host: Host, container_id: str) -> None:
-    host.run(["rm", "-rf", lock_path(container_id)], check=False)
 
 
 class Migration:
@@ -166,9 +144,9 @@ class Migration:
                     raise MigratorError(f"{self.src.name}: no container {self.container!r}",
                                         hint=f"`docker ps` on {self.src.name} lists them")
                 spec = Spec(info)
-                take_lock(self.src, spec.id, {"mid": self.mid, "container": spec.name,
-                                              "target": self.dst.name, "since": time.time()})
-                self.on_undo("lock", lambda: release_lock(self.src, spec.id))
+                cp.take_lock(self.src, spec.id, cp.owner(op=f"migrate {self.mid}", container=spec.name,
+                                                      target=self.dst.name))
+                self.on_undo("lock", lambda: cp.release_lock(self.src, spec.id))
             with self.phase("preflight"):
                 swd = cp.make_workdir(self.src, self.mid)
                 self.on_undo(f"{self.src.name}:{swd}", lambda: cp.remove_workdir(self.src, self.mid))
@@ -200,13 +178,11 @@ class Migration:
             self.on_undo("transfer key", link.close)
             self.report.transfer = "direct" if link.direct else "relay"
             self.emit(Event("info", "presync", f"transfer {self.report.transfer}"))
-            if not de.image_exists(spec.image_id):
-                tagged = se.image_inspect(spec.image_ref) or {}
-                ref = spec.image_ref if tagged.get("Id") == spec.image_id else spec.image_id
-                self.emit(Event("info", "presync", f"shipping image {ref}"))
-                pr.bytes += link.pipe([["docker", "save", ref]], [["docker", "load", "-q"]], f"image {ref}",
-                                      self._progress("presync"))
-                self.on_undo(f"{self.dst.name}: image {ref}",
+            shipped = ship_image(link, se, de, spec.image_id, spec.image_ref, self._progress("presync"))
+            if shipped:
+                pr.bytes += shipped
+                self.emit(Event("info", "presync", f"shipped image {spec.image_ref}"))
+                self.on_undo(f"{self.dst.name}: image {spec.image_ref}",
                              lambda: _quiet(lambda: de.remove_image(spec.image_id)))
             for m in spec.named_volumes():
                 name = m["Name"]
@@ -295,7 +271,7 @@ class Migration:
         steps += [
             (f"{self.src.name}: work dir", lambda: cp.remove_workdir(self.src, self.mid)),
             (f"{self.dst.name}: work dir", lambda: cp.remove_workdir(self.dst, self.mid)),
-            ("lock", lambda: release_lock(self.src, spec.id)),
+            ("lock", lambda: cp.release_lock(self.src, spec.id)),
         ]
         for what, fn in steps:
             try:
@@ -351,7 +327,7 @@ class Migration:
                     + (f" ({restore_err})" if restore_err else "")
                     + f"; its checkpoint is {where}. Finish by hand on {self.src.name}: "
                     f"`docker start --checkpoint {self.mid} {spec.name}` (or plain `docker start "
-                    f"{spec.name}`, losing memory state), then remove {lock_path(spec.id)}")
+                    f"{spec.name}`, losing memory state), then remove {cp.lock_path(spec.id)}")
         return self._failed(e, left, frozen=frozen, source_back=back)
 
     def _failed(self, e: MigratorError, left: list[str], *, frozen: bool,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+# tar that keeps numeric owners, modes and xattrs (overlay2's whiteouts and opaque dirs).
+TAR = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
+
 
 def join(argv: Sequence[str | int]) -> str:
     """Quote every argument: names, paths and labels from users never reach a shell raw."""

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import shell
+from .engine import Engine
 from .errors import CommandError, MigratorError
 from .transport import Host, relay
 
@@ -29,9 +30,6 @@ Progress = Callable[[int], None]
 
 class TransferError(MigratorError):
     """Moving data between hosts failed."""
-
-
-_TAR = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
 
 
 # dd between the compressor and ssh counts the bytes on the wire ("N bytes ... copied").
@@ -88,8 +86,8 @@ class Link:
 
     def copy_dir(self, src_dir: str, dst_dir: str, progress: Progress | None = None) -> int:
         """Copy the contents of src_dir into dst_dir (which must exist)."""
-        return self.pipe([_TAR + ["-C", src_dir, "-cf", "-", "."]],
-                         [_TAR + ["-C", dst_dir, "-xpf", "-"]], f"copy {src_dir}", progress)
+        return self.pipe([[*shell.TAR, "-C", src_dir, "-cf", "-", "."]],
+                         [[*shell.TAR, "-C", dst_dir, "-xpf", "-"]], f"copy {src_dir}", progress)
 
     def sync_dir(self, src_dir: str, dst_dir: str) -> int:
         """Make dst_dir equal src_dir (rsync, deltas only) when direct; a full copy if relayed."""
@@ -184,3 +182,14 @@ def _target_host_key(dst: Host) -> str | None:
     if not entry:
         return None
     return "".join(f"{name} {k.get_name()} {k.get_base64()}\n" for k in entry.values())
+
+
+def ship_image(link: Link, se: Engine, de: Engine, image_id: str, image_ref: str,
+               progress: Progress | None = None) -> int:
+    """Make the image exist on the target (by ID, under its name when the source's name
+    points at it). Returns the bytes sent; 0 when the target already had it."""
+    if de.image_exists(image_id):
+        return 0
+    tagged = se.image_inspect(image_ref) or {}
+    ref = image_ref if tagged.get("Id") == image_id else image_id
+    return link.pipe([["docker", "save", ref]], [["docker", "load", "-q"]], f"image {ref}", progress)

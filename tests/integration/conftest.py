@@ -78,12 +78,11 @@ class LabHost:
 
 
 def reset(h: LabHost) -> None:
-    """An empty host: no containers, volumes, work dirs, locks, CRIU config or transfer keys."""
+    """An empty host: no containers, volumes, migrator state, CRIU config or transfer keys."""
     for c in h.engine.containers(all=True):
         h.engine.remove_container(c["Id"])
-    h.sh("bash", "-c", "docker volume prune -f >/dev/null; rm -rf /var/lib/migrator/work "
-         "/var/lib/migrator/locks /etc/criu/runc.conf; sed -i '/migrator-transfer-/d' "
-         "~/.ssh/authorized_keys", check=False)
+    h.sh("bash", "-c", "docker volume prune -f >/dev/null; rm -rf /var/lib/migrator/* "
+         "/etc/criu/runc.conf; sed -i '/migrator-transfer-/d' ~/.ssh/authorized_keys", check=False)
 
 
 @pytest.fixture

@@ -1,0 +1,108 @@
+"""A running copy of a running container, the original untouched: to debug a hung service
+on a copy while the original is restarted, or to dry-run an update on a copy."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from . import checkpoint as cp
+from . import shell, store
+from .container import Spec, validate_name
+from .engine import Engine
+from .errors import MigratorError
+from .preflight import port_user
+from .transfer import Link, open_link, ship_image
+from .transport import Host
+
+PUBLISH_RE = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d{1,5}):(?P<ctr>\d{1,5})(?:/(?P<proto>tcp|udp))?$")
+
+
+@dataclass
+class CloneReport:
+    container: str
+    clone: str
+    source: str
+    target: str
+    clone_id: str = ""
+    seconds: float = 0.0
+    bytes_sent: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_publish(values: list[str]) -> dict[str, list[dict[str, str]]]:
+    """`[IP:]HOSTPORT:CONTAINERPORT[/PROTO]` as docker's PortBindings."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for v in values:
+        m = PUBLISH_RE.match(v)
+        if not m:
+            raise MigratorError(f"--publish {v!r}: expected [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]")
+        key = f"{int(m['ctr'])}/{m['proto'] or 'tcp'}"
+        out.setdefault(key, []).append({"HostIp": m["ip"] or "", "HostPort": str(int(m["host"]))})
+    return out
+
+
+def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str] | None = None,
+          relay: bool = False) -> CloneReport:
+    t0 = time.monotonic()
+    container, new_name = validate_name(container), validate_name(new_name)
+    rep = CloneReport(container, new_name, src.name, dst.name)
+    se, de = Engine(src), Engine(dst)
+    info = se.inspect(container)
+    if info is None or not info["State"].get("Running"):
+        raise MigratorError(f"{src.name}: no running container {container!r} to clone")
+    spec = Spec(info)
+    if spec.named_volumes():
+        raise MigratorError(f"{src.name}: {container} uses named volumes; a clone would share or "
+                            "need a copy of them, which clone does not do yet",
+                            hint="`migrator checkpoint create` + `restore` on another host instead")
+    if de.inspect(new_name) is not None:
+        raise MigratorError(f"{dst.name}: a container named {new_name} exists", hint="pick another --name")
+    body = spec.create_body()
+    hc = dict(body["HostConfig"])
+    same_host = src.spec == dst.spec
+    if publish is not None:
+        hc["PortBindings"] = parse_publish(publish)
+        body["ExposedPorts"] = {**(body.get("ExposedPorts") or {}), **{k: {} for k in hc["PortBindings"]}}
+    elif same_host and hc.get("PortBindings"):
+        hc["PortBindings"] = {}
+        rep.notes.append("published ports dropped (same host); use --publish HOST:CONTAINER for the clone")
+    for key, binds in (hc.get("PortBindings") or {}).items():
+        for b in binds:
+            user = port_user(dst, de, int(b["HostPort"]), key.split("/")[1])
+            if user:
+                raise MigratorError(f"{dst.name}: port {b['HostPort']} is in use ({user})",
+                                    hint="pick others with --publish")
+    body["HostConfig"] = hc
+    body["Labels"] = {**(body.get("Labels") or {}), "migrator.clone-of": spec.name}
+    mid = f"clone-{secrets.token_hex(4)}"
+    swd = cp.make_workdir(src, mid)
+    payload = f"{swd}/cp"
+    link: Link | None = None
+    try:
+        src.run(["mkdir", "-m", "0700", payload])
+        with cp.criu_options(src, mid, cp.MIGRATE_CRIU_OPTS):
+            se.checkpoint_create(spec.id, "criu", exit=False, checkpoint_dir=payload)
+        if spec.upper_dir:
+            src.run(shell.pipeline([*shell.TAR, "-C", spec.upper_dir, "-cf", "-", "."],
+                                   ["zstd", "-1", "-T0", "-q", "-f", "-o", f"{payload}/fs.tar.zst"]))
+        cp.manifest(src, payload)
+        where = payload
+        if not same_host:
+            dwd = cp.make_workdir(dst, mid)
+            link = open_link(src, dst, mid, swd, relay_only=relay)
+            rep.bytes_sent += ship_image(link, se, de, spec.image_id, spec.image_ref)
+            dst.run(["mkdir", "-m", "0700", f"{dwd}/cp"])
+            rep.bytes_sent += link.copy_dir(payload, f"{dwd}/cp")
+            where = f"{dwd}/cp"
+        rep.clone_id = store.start_from(dst, where, new_name, body)
+    finally:
+        if link is not None:
+            link.close()
+        cp.remove_workdir(src, mid)
+        if not same_host:
+            cp.remove_workdir(dst, mid)
+    rep.seconds = round(time.monotonic() - t0, 3)
+    return rep

@@ -1,0 +1,241 @@
+"""Stored checkpoints on a host, and what is built on them: restore and clone.
+
+A stored checkpoint is a directory on the host: CRIU images (`criu/`), the container's
+filesystem diff (`fs.tar.zst`), its configuration (`config.json`), `meta.json`, and a
+MANIFEST of checksums. It is written under `.tmp-NAME` and renamed only when complete, so a
+crash never leaves a half-checkpoint that looks usable. Files are 0600 in 0700 directories:
+they hold process memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import checkpoint as cp
+from . import shell
+from .container import Spec, validate_name
+from .engine import Engine
+from .errors import MigratorError
+from .transfer import Link
+from .transport import Host
+
+STORE = f"{cp.STATE_DIR}/checkpoints"
+CP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class CheckpointError(MigratorError):
+    """A stored checkpoint could not be made, found or used."""
+
+
+@dataclass
+class Stored:
+    container: str
+    name: str
+    host: str  # where this copy is
+    created: float
+    size: int
+    image: str
+    image_id: str
+    source_host: str  # where it was taken; differs from `host` for a replica
+    path: str
+
+    @property
+    def replica(self) -> bool:
+        return self.host != self.source_host
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "replica": self.replica}
+
+
+def new_name() -> str:
+    t = time.time()
+    return time.strftime("cp-%Y%m%d-%H%M%S", time.gmtime(t)) + f"-{int(t * 1000) % 1000:03d}"
+
+
+def validate_cp_name(name: str) -> str:
+    if not CP_NAME_RE.match(name):
+        raise CheckpointError(f"{name!r} is not a checkpoint name",
+                              hint="letters, digits, '_', '.' and '-', starting with a letter or digit")
+    return name
+
+
+def container_dir(container: str) -> str:
+    return f"{STORE}/{container}"
+
+
+def create(host: Host, container: str, name: str | None = None, *, leave_running: bool = True,
+           keep: int | None = None) -> Stored:
+    """Checkpoint `container` on `host` into the store. With `keep`, the oldest are removed
+    once the new one is fully written and just before it is published, so there are never
+    more than `keep` complete ones."""
+    container = validate_name(container)
+    name = validate_cp_name(name or new_name())
+    eng = Engine(host)
+    info = eng.inspect(container)
+    if info is None:
+        raise CheckpointError(f"{host.name}: no container {container!r}")
+    spec = Spec(info)
+    if not spec.running:
+        raise CheckpointError(f"{host.name}: {spec.name} is not running; nothing to checkpoint",
+                              hint=f"`migrator restore {spec.name} --on {host.name}` starts it from one")
+    cp.take_lock(host, spec.id, cp.owner(op=f"checkpoint {name}", container=spec.name))
+    base = container_dir(spec.name)
+    tmp, final = f"{base}/.tmp-{name}", f"{base}/{name}"
+    try:
+        # Holding the container's lock, any .tmp-* of it is a crashed earlier attempt.
+        host.run(["bash", "-c", 'umask 077; mkdir -p "$1" && chmod 0700 "$1" "$(dirname "$1")" && '
+                  'rm -rf "$1"/.tmp-* && mkdir "$2"', "_", base, tmp])
+        if host.ok(["test", "-e", final]):
+            raise CheckpointError(f"{host.name}: checkpoint {name} of {spec.name} exists already")
+        with cp.criu_options(host, name, cp.MIGRATE_CRIU_OPTS):
+            eng.checkpoint_create(spec.id, "criu", exit=not leave_running, checkpoint_dir=tmp)
+        if spec.upper_dir:
+            host.run(shell.pipeline([*shell.TAR, "-C", spec.upper_dir, "-cf", "-", "."],
+                                    ["zstd", "-1", "-T0", "-q", "-f", "-o", f"{tmp}/fs.tar.zst"]))
+        host.put(json.dumps(spec.inspect).encode(), f"{tmp}/config.json")
+        cp.manifest(host, tmp)
+        size = int(host.run(["du", "-sb", tmp]).stdout.split()[0])
+        meta = {"container": spec.name, "name": name, "created": time.time(), "size": size,
+                "image": spec.image_ref, "image_id": spec.image_id, "source_host": host.name}
+        host.put(json.dumps(meta).encode(), f"{tmp}/meta.json")
+        if keep is not None:
+            prune(host, spec.name, keep - 1)
+        host.run(["bash", "-c", 'chmod -R go-rwx "$1" && mv -T "$1" "$2"', "_", tmp, final])
+    except MigratorError:
+        host.run(["rm", "-rf", tmp], check=False)
+        raise
+    finally:
+        cp.release_lock(host, spec.id)
+    return Stored(host=host.name, path=final, **meta)  # type: ignore[arg-type]
+
+
+def list_(host: Host, container: str | None = None) -> list[Stored]:
+    """Complete checkpoints on `host`, oldest first. Half-written ones are never listed."""
+    where = container_dir(validate_name(container)) if container else f"{STORE}/*"
+    pattern = f"{where}/*/meta.json"
+    r = host.run(["bash", "-c", 'shopt -s nullglob; for f in $1; do printf "%s\\t" "$(dirname "$f")"; '
+                  'tr -d "\\n" < "$f"; echo; done', "_", pattern], check=False)
+    out = []
+    for line in r.stdout.splitlines():
+        path, _, meta = line.partition("\t")
+        try:
+            m = json.loads(meta)
+            out.append(Stored(host=host.name, path=path, **{k: m[k] for k in (
+                "container", "name", "created", "size", "image", "image_id", "source_host")}))
+        except (ValueError, KeyError, TypeError):
+            continue  # not ours, or damaged: never offered for restore
+    return sorted(out, key=lambda s: s.created)
+
+
+def find(host: Host, container: str, name: str = "latest") -> Stored:
+    found = list_(host, container)
+    if name == "latest":
+        if not found:
+            raise CheckpointError(f"{host.name}: no complete checkpoint of {container}",
+                                  hint=f"`migrator checkpoint create {container} --on {host.name}` makes one")
+        return found[-1]
+    for s in found:
+        if s.name == name:
+            return s
+    raise CheckpointError(f"{host.name}: no checkpoint {name!r} of {container}",
+                          hint=f"`migrator checkpoint ls {container} --on {host.name}` lists them")
+
+
+def remove(host: Host, container: str, name: str) -> None:
+    s = find(host, container, validate_cp_name(name))
+    host.run(["rm", "-rf", s.path])
+
+
+def prune(host: Host, container: str, keep: int) -> list[str]:
+    """Remove all but the newest `keep` checkpoints of container; returns removed names."""
+    found = list_(host, container)
+    gone = found[: max(0, len(found) - keep)]
+    for s in gone:
+        host.run(["rm", "-rf", s.path])
+    return [s.name for s in gone]
+
+
+def replicate(src: Host, dst: Host, stored: Stored, relay: bool = False, keep: int | None = None) -> Stored:
+    """Copy a complete checkpoint to another host's store (written under .tmp-, renamed)."""
+    from .transfer import open_link
+
+    base = container_dir(stored.container)
+    tmp, final = f"{base}/.tmp-{stored.name}", f"{base}/{stored.name}"
+    mid = f"replicate-{stored.name}"
+    swd = cp.make_workdir(src, mid)
+    link: Link | None = None
+    try:
+        dst.run(["bash", "-c", 'umask 077; mkdir -p "$1" && chmod 0700 "$1" "$(dirname "$1")" && '
+                 'rm -rf "$2" && mkdir "$2"', "_", base, tmp])
+        link = open_link(src, dst, mid, swd, relay_only=relay)
+        link.copy_dir(stored.path, tmp)
+        cp.verify_manifest(dst, tmp)
+        if keep is not None:
+            prune(dst, stored.container, keep - 1)
+        dst.run(["bash", "-c", 'rm -rf "$2" && mv -T "$1" "$2"', "_", tmp, final])
+    except MigratorError:
+        dst.run(["rm", "-rf", tmp], check=False)
+        raise
+    finally:
+        if link is not None:
+            link.close()
+        cp.remove_workdir(src, mid)
+    return Stored(**{**asdict(stored), "host": dst.name, "path": final})
+
+
+def start_from(host: Host, directory: str, name: str, body: dict[str, Any],
+               on_created: Callable[[str], None] | None = None) -> str:
+    """Create a container `name` from `body` and start it from the checkpoint in
+    `directory` (criu/, fs.tar.zst) on the same host. Returns its id; on failure the new
+    container is removed again."""
+    eng = Engine(host)
+    cp.verify_manifest(host, directory)
+    tid = eng.create(name, body)
+    if on_created:
+        on_created(tid)
+    try:
+        upper = Spec(eng.inspect(tid) or {}).upper_dir
+        if upper and host.ok(["test", "-f", f"{directory}/fs.tar.zst"]):
+            host.run(shell.pipeline(["zstd", "-d", "-q", "-c", f"{directory}/fs.tar.zst"],
+                                    [*shell.TAR, "-C", upper, "-xpf", "-"]))
+        cpname = f"restore-{int(time.time())}"
+        dest = cp.checkpoint_dir(eng, tid, cpname)
+        host.run(["bash", "-c", 'umask 077; mkdir -p "$2" && cp -a "$1/criu/." "$2/"', "_", directory, dest])
+        with cp.criu_options(host, cpname, cp.MIGRATE_CRIU_OPTS):
+            eng.start(tid, checkpoint=cpname)
+        if not cp.answers(host, eng, tid, [], timeout=20):
+            raise CheckpointError(f"{host.name}: {name} did not stay up after the restore",
+                                  hint=f"`docker logs {name}` on {host.name}")
+        eng.checkpoint_delete(tid, cpname)
+    except MigratorError:
+        eng.remove_container(tid)
+        raise
+    return tid
+
+
+def restore(host: Host, container: str, name: str = "latest", from_host: Host | None = None) -> Stored:
+    """Bring `container` back on `host` from a stored checkpoint (its own, or one on
+    `from_host`, copied here first). A stopped or dead container of that name is replaced."""
+    container = validate_name(container)
+    eng = Engine(host)
+    if from_host is not None:
+        stored = replicate(from_host, host, find(from_host, container, name))
+    else:
+        stored = find(host, container, name)
+    existing = eng.inspect(container)
+    if existing is not None and existing["State"].get("Running"):
+        raise CheckpointError(f"{host.name}: {container} is running; restoring would make two",
+                              hint=f"stop it first, or `migrator clone {container}` for a copy")
+    if not eng.image_exists(stored.image_id):
+        raise CheckpointError(f"{host.name}: image {stored.image} ({stored.image_id[:19]}) is missing",
+                              hint="load it there (docker save | docker load), then restore again")
+    spec = Spec(json.loads(host.get(f"{stored.path}/config.json")))
+    if existing is not None:
+        eng.remove_container(existing["Id"])
+    start_from(host, stored.path, container, spec.create_body())
+    return stored
