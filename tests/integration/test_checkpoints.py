@@ -90,7 +90,8 @@ def test_clone_same_host_and_other_host(hosts: dict[str, LabHost]) -> None:
     a, b = hosts["lab1"], hosts["lab2"]
     start_redis(a)
     fill(a.redis(), 5_000)
-    r = run_cli("clone", "r1", "--from", "lab1", "--to", "lab1", "--name", "r1-debug", "--publish", "6380:6379")
+    r = run_cli("clone", "r1", "--from", "lab1", "--to", "lab1", "--name", "r1-debug",
+                "--publish", "6380:6379")
     assert r.returncode == 0, r.stderr
     r = run_cli("clone", "r1", "--from", "lab1", "--to", "lab2", "--name", "r1-dry", "--json")
     assert r.returncode == 0, r.stderr
@@ -141,5 +142,6 @@ def test_persist_unit_file() -> None:
     r = run_cli("persist", "r1", "--on", "lab1", "--every", "10s", "--keep", "4", "--replicate-to", "lab2",
                 "--print-unit")
     assert r.returncode == 0, r.stderr
-    assert "ExecStart=" in r.stdout and "persist r1 --on lab1 --every 10s --keep 4 --replicate-to lab2" in r.stdout
+    assert "ExecStart=" in r.stdout
+    assert "persist r1 --on lab1 --every 10s --keep 4 --replicate-to lab2" in r.stdout
     assert "Restart=on-failure" in r.stdout
