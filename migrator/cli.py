@@ -176,6 +176,35 @@ def migrate_cmd(
             err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
 
 
+@app.command("recover")
+def recover_cmd(
+    migration: Annotated[str | None, typer.Argument(
+        help="A migration id or container (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Finish or roll back migrations whose controller died (from this controller's journal)."""
+    from .migrate import recover
+
+    try:
+        results = recover(load_inventory(), migration)
+    except MigratorError as e:
+        fail(e)
+    if as_json:
+        print_json([asdict(r) for r in results])
+    elif not results:
+        out.print("nothing to recover")
+    else:
+        t = Table("migration", "container", "move", "stopped in", "outcome", "notes")
+        for r in results:
+            t.add_row(r.migration_id, r.container, f"{r.source} -> {r.target}", r.phase, r.outcome,
+                      "; ".join(r.notes))
+        out.print(t)
+    if any(r.outcome == "failed" for r in results):
+        raise typer.Exit(int(ExitCode.FAILED_NOT_ROLLED_BACK))
+    if any(r.outcome == "running" for r in results):
+        raise typer.Exit(int(ExitCode.FAILED_ROLLED_BACK))
+
+
 # --- stored checkpoints, persist, restore, clone --------------------------------------------
 def host_of(name: str) -> Any:
     from .transport import Host

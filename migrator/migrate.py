@@ -1,8 +1,10 @@
-"""Live migration of one container: plan, preflight, pre-sync, freeze, move, restore.
+"""Live migration of one container: resolve, preflight, pre-sync, freeze, move, restore.
 
-Every step that changes something pushes its undo. A failure before the freeze undoes
-everything (exit 2 for a preflight refusal, 1 otherwise); after the freeze the source is
-also restored from its own checkpoint, and only counted as back once it answers.
+Every change is recorded, as data, in the controller's journal before the next step, so a
+failure here, or a killed controller later (`migrator recover`), can undo it. After the
+freeze the source is restored from its own checkpoint, and only counted as back once the
+ports that answered before answer again. The target copy is removed before the source is
+started: never two running copies.
 """
 
 from __future__ import annotations
@@ -16,21 +18,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import checkpoint as cp
-from . import preflight
+from . import journal, preflight
 from .container import Spec, validate_name
 from .engine import Engine
-from .errors import (
-    CommandError,
-    MigrationFailed,
-    MigratorError,
-    PreflightError,
-    RollbackFailed,
-)
+from .errors import LockedError, MigrationFailed, MigratorError, PreflightError, RollbackFailed
 from .inventory import Inventory
-from .transfer import Link, open_link, ship_image
+from .transfer import Link, open_link, remove_key, ship_image
 from .transport import Host
 
 log = logging.getLogger(__name__)
+PHASES = ["resolve", "preflight", "presync", "freeze", "filesystem", "transfer", "restore", "verify",
+          "cleanup"]
 
 
 @dataclass
@@ -75,6 +73,135 @@ def new_id() -> str:
     return time.strftime("mig-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
 
 
+# --- undo, finish and roll back: from a journal entry, for a live run and for `recover` ----
+class Sides:
+    """The two hosts of one journal entry and their engines."""
+
+    def __init__(self, entry: journal.Entry, src: Host, dst: Host) -> None:
+        self.e, self.src, self.dst = entry, src, dst
+        self.se, self.de = Engine(src), Engine(dst)
+
+    def _undo(self, rec: dict[str, Any]) -> None:
+        kind = rec["kind"]
+        if kind == "image":
+            with contextlib.suppress(MigratorError):  # still used by something else: keep it
+                self.de.remove_image(rec["id"])
+        elif kind == "volume":
+            self.de.volume_remove(rec["name"])
+        elif kind == "restart_policy":
+            self.se.update_restart_policy(self.e.container_id, rec["policy"])
+
+    def common_cleanup(self) -> list[str]:
+        """What every ending removes: transfer key, work dirs, lock. Idempotent."""
+        left = []
+        for what, fn in [
+            ("transfer key", lambda: remove_key(self.dst, self.e.mid)),
+            (f"{self.src.name}: work dir", lambda: cp.remove_workdir(self.src, self.e.mid)),
+            (f"{self.dst.name}: work dir", lambda: cp.remove_workdir(self.dst, self.e.mid)),
+            (f"{self.src.name}: lock", lambda: cp.release_lock(self.src, self.e.container_id)),
+        ]:
+            try:
+                fn()
+            except MigratorError as ex:
+                left.append(f"cleanup of {what} failed: {ex}")
+        return left
+
+    def target_copy(self) -> str | None:
+        """Our container on the target: by recorded id, else by name if made after we started
+        and never run (a controller killed between create and record)."""
+        if self.e.tid:
+            return self.e.tid
+        try:  # one never recorded was never started either: at worst a stopped leftover
+            info = self.de.inspect(self.e.container)
+        except MigratorError:
+            return None
+        if info and info["State"].get("Status") == "created" and _created(info) >= self.e.started:
+            return str(info["Id"])
+        return None
+
+    def finish(self) -> list[str]:
+        """The target is the container now: remove the source (or keep it stopped), the
+        checkpoint copies and everything temporary."""
+        e, warnings = self.e, []
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if e.tid:
+            steps.append((f"{self.dst.name}: checkpoint", lambda: self.de.checkpoint_delete(e.tid, e.mid)))
+        if e.keep_source:
+            steps.append((f"{self.src.name}: checkpoint",
+                          lambda: self.se.checkpoint_delete(e.container_id, e.mid)))
+        else:
+            steps.append((f"{self.src.name}: container {e.container}",
+                          lambda: self.se.remove_container(e.container_id)))
+        for what, fn in steps:
+            try:
+                fn()
+            except MigratorError as ex:
+                warnings.append(f"cleanup of {what} failed: {ex}")
+        return warnings + self.common_cleanup()
+
+    def roll_back(self) -> tuple[bool, list[str]]:
+        """Target copy gone, source running again (from its checkpoint if it was frozen), and
+        answering. Returns (source is back, what is left over)."""
+        e, left = self.e, []
+        tid = self.target_copy()
+        if tid:
+            try:
+                self.de.remove_container(tid)
+            except MigratorError as ex:
+                if cp.runtime_stopped(self.dst, tid):
+                    left.append(f"{self.dst.name}: container {e.container} ({tid[:12]}) is left there, "
+                                f"not running; `docker rm {e.container}` on {self.dst.name} once its "
+                                "dockerd is back")
+                else:
+                    return False, [f"{self.dst.name}: container {e.container} may still run ({ex}); the "
+                                   f"source was NOT restarted, to never run two copies. Stop it there, then "
+                                   f"run `migrator recover`"]
+        restore_err: MigratorError | None = None
+        info = self.se.inspect(e.container_id)
+        if info is None:
+            return False, left + [f"{self.src.name}: container {e.container} is gone"]
+        if not info["State"].get("Running"):
+            try:
+                with cp.criu_options(self.src, e.mid, cp.MIGRATE_CRIU_OPTS):
+                    self.se.start(e.container_id, checkpoint=e.mid)
+            except MigratorError as ex:
+                restore_err = ex
+        back = cp.answers(self.src, self.se, e.container_id, e.ports, timeout=20)
+        if not back:  # a failed dump can leave CRIU's network lock: Up, but cut off
+            info = self.se.inspect(e.container_id) or {}
+            if info.get("State", {}).get("Running") and cp.unlock_network(
+                    self.src, int(info["State"].get("Pid") or 0)):
+                back = cp.answers(self.src, self.se, e.container_id, e.ports, timeout=20)
+        if not back:
+            where = cp.checkpoint_dir(self.se, e.container_id, e.mid)
+            left.append(
+                f"{self.src.name}: {e.container} is not running"
+                + (f" ({restore_err})" if restore_err else "")
+                + f"; its checkpoint (if the freeze completed) is {where}. Finish by hand on "
+                f"{self.src.name}: "
+                f"`docker start --checkpoint {e.mid} {e.container}` (or plain `docker start {e.container}`, "
+                f"losing memory state), then `migrator recover`")
+            return False, left
+        for rec in reversed(e.undo):
+            try:
+                self._undo(rec)
+            except MigratorError as ex:
+                left.append(f"undo {rec}: {ex}")
+        with contextlib.suppress(MigratorError):
+            self.se.checkpoint_delete(e.container_id, e.mid)
+        return True, left + self.common_cleanup()
+
+
+def _created(info: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(info["Created"])[:26].rstrip("Z") + "+00:00").timestamp()
+    except (KeyError, ValueError):
+        return 0.0
+
+
+# --- the migration ------------------------------------------------------------------------
 class Migration:
     def __init__(self, inv: Inventory, container: str, source: str, target: str, *,
                  keep_source: bool = False, relay: bool = False, events: Events | None = None) -> None:
@@ -89,13 +216,14 @@ class Migration:
         self.emit = events or (lambda _e: None)
         self.mid = new_id()
         self.report = MigrationReport(self.mid, self.container, source, target)
-        self._undo: list[tuple[str, Callable[[], None]]] = []
+        self.entry: journal.Entry | None = None
         self.link: Link | None = None
-        self.ports: list[int] = []  # the container's TCP ports that answered before the freeze
 
-    # --- helpers ----------------------------------------------------------------------
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[PhaseReport]:
+        if self.entry is not None:
+            self.entry.phase = name
+            self.entry.save()
         self.emit(Event("phase", name))
         pr = PhaseReport(name, 0.0)
         t0 = time.monotonic()
@@ -106,25 +234,14 @@ class Migration:
             self.report.phases.append(pr)
             self.emit(Event("done", name, f"{pr.seconds:.2f} s", pr.bytes))
 
-    def on_undo(self, what: str, fn: Callable[[], None]) -> None:
-        self._undo.append((what, fn))
+    def record(self, **rec: Any) -> None:
+        assert self.entry is not None
+        self.entry.undo.append(rec)
+        self.entry.save()
 
-    def _run_undo(self) -> list[str]:
-        left = []
-        while self._undo:
-            what, fn = self._undo.pop()
-            try:
-                fn()
-            except MigratorError as e:
-                left.append(f"{what}: {e}")
-                log.warning("undo %s failed: %s", what, e)
-        return left
+    def _progress(self, phase: str) -> Callable[[int], None]:
+        return lambda n: self.emit(Event("bytes", phase, bytes=n))
 
-    def close(self) -> None:
-        self.src.close()
-        self.dst.close()
-
-    # --- the migration ----------------------------------------------------------------
     def run(self, dry_run: bool = False) -> MigrationReport:
         t0 = time.monotonic()
         try:
@@ -133,12 +250,18 @@ class Migration:
             self.report.total_s = round(time.monotonic() - t0, 3)
             if self.link is not None:
                 self.report.bytes_sent = self.link.bytes_sent
-            self.close()
+            self.src.close()
+            self.dst.close()
 
     def _run(self, dry_run: bool) -> MigrationReport:
         se, de = Engine(self.src), Engine(self.dst)
         try:
             with self.phase("resolve"):
+                prior = journal.unfinished(self.src.name, self.container)
+                if prior is not None:
+                    raise LockedError(f"migration {prior.mid} of {prior.container} ({prior.source} -> "
+                                      f"{prior.target}) did not finish (its controller stopped in "
+                                      f"{prior.phase})", hint="run `migrator recover` first")
                 info = se.inspect(self.container)
                 if info is None:
                     raise MigratorError(f"{self.src.name}: no container {self.container!r}",
@@ -146,44 +269,62 @@ class Migration:
                 spec = Spec(info)
                 cp.take_lock(self.src, spec.id, cp.owner(op=f"migrate {self.mid}", container=spec.name,
                                                       target=self.dst.name))
-                self.on_undo("lock", lambda: cp.release_lock(self.src, spec.id))
+                self.entry = journal.Entry(self.mid, spec.name, spec.id, self.src.name, self.dst.name,
+                                           str(self.inv.path.resolve()), self.keep_source)
+                self.entry.save()
+            sides = Sides(self.entry, self.src, self.dst)
             with self.phase("preflight"):
                 swd = cp.make_workdir(self.src, self.mid)
-                self.on_undo(f"{self.src.name}:{swd}", lambda: cp.remove_workdir(self.src, self.mid))
                 dwd = cp.make_workdir(self.dst, self.mid)
-                self.on_undo(f"{self.dst.name}:{dwd}", lambda: cp.remove_workdir(self.dst, self.mid))
                 pf = preflight.run(self.src, self.dst, spec, swd, dwd)
                 self.report.preflight = [asdict(c) for c in pf.checks]
                 if pf.failures:
                     raise PreflightError(pf.failures)
         except MigratorError as e:
-            self._run_undo()
+            if self.entry is not None:
+                Sides(self.entry, self.src, self.dst).common_cleanup()
+                self.entry.remove()
             self.report.status, self.report.error = "failed", str(e)
             e.report = self.report
             raise
         if dry_run:
-            self._run_undo()
+            sides.common_cleanup()
+            self.entry.remove()
             self.report.status = "planned"
             return self.report
+        t_freeze = 0.0
         try:
             self._presync(spec, se, de, swd)
+            with self.phase("freeze"):
+                t_freeze = time.monotonic()
+                with cp.criu_options(self.src, self.mid, cp.MIGRATE_CRIU_OPTS):
+                    se.checkpoint_create(spec.id, self.mid, exit=True)
+            self._move(spec, se, de)
+            with self.phase("verify"):
+                if not cp.answers(self.dst, de, spec.name, self.entry.ports, timeout=30):
+                    raise MigratorError(f"{self.dst.name}: {spec.name} started but does not answer")
+                self.report.downtime_s = round(time.monotonic() - t_freeze, 3)
         except MigratorError as e:
-            left = self._run_undo()
-            return self._failed(e, left, frozen=False)
-        return self._move(spec, se, de)
+            self.emit(Event("warn", "rollback", f"{e}; rolling back"))
+            with self.phase("rollback"):
+                back, left = sides.roll_back()
+            return self._failed(e, left, back)
+        with self.phase("cleanup"):
+            self.report.warnings += sides.finish()
+        self.entry.remove()
+        self.report.status = "migrated"
+        return self.report
 
     def _presync(self, spec: Spec, se: Engine, de: Engine, swd: str) -> None:
+        assert self.entry is not None
         with self.phase("presync") as pr:
             self.link = link = open_link(self.src, self.dst, self.mid, swd, relay_only=self.relay_only)
-            self.on_undo("transfer key", link.close)
             self.report.transfer = "direct" if link.direct else "relay"
             self.emit(Event("info", "presync", f"transfer {self.report.transfer}"))
-            shipped = ship_image(link, se, de, spec.image_id, spec.image_ref, self._progress("presync"))
-            if shipped:
-                pr.bytes += shipped
+            if not de.image_exists(spec.image_id):
+                self.record(kind="image", id=spec.image_id)
+                pr.bytes += ship_image(link, se, de, spec.image_id, spec.image_ref, self._progress("presync"))
                 self.emit(Event("info", "presync", f"shipped image {spec.image_ref}"))
-                self.on_undo(f"{self.dst.name}: image {spec.image_ref}",
-                             lambda: _quiet(lambda: de.remove_image(spec.image_id)))
             for m in spec.named_volumes():
                 name = m["Name"]
                 vol = se.volume_inspect(name) or {}
@@ -191,169 +332,106 @@ class Migration:
                     raise MigratorError(f"{self.src.name}: volume {name} uses driver {vol.get('Driver')};"
                                         " only local volumes are moved")
                 if de.volume_inspect(name) is None:
+                    self.record(kind="volume", name=name)
                     de.volume_create(name, vol.get("Options") or {}, vol.get("Labels") or {})
-                    self.on_undo(f"{self.dst.name}: volume {name}", _bind(de.volume_remove, name))
                 dst_mp = (de.volume_inspect(name) or {})["Mountpoint"]
                 pr.bytes += link.sync_dir(vol["Mountpoint"], dst_mp)
-            tid = de.create(spec.name, spec.create_body())
-            self.on_undo(f"{self.dst.name}: container {spec.name}", lambda: de.remove_container(tid))
-            self.tid = tid
-            self.dst_cpdir = cp.checkpoint_dir(de, tid, self.mid)
+            self.entry.tid = de.create(spec.name, spec.create_body())
+            self.entry.save()
+            self.dst_cpdir = cp.checkpoint_dir(de, self.entry.tid, self.mid)
             self.dst.run(["bash", "-c", 'umask 077; mkdir -p "$1"', "_", self.dst_cpdir])
+            self.entry.ports = cp.open_ports(self.src, se, spec.id)
             # Docker must not restart the frozen source on its own (two copies): its restart
             # policy is "no" until it is removed, or put back on rollback.
-            self.ports = cp.open_ports(self.src, se, spec.id)
             policy = spec.host_config.get("RestartPolicy") or {"Name": "no"}
             if policy.get("Name") not in ("", "no"):
+                self.record(kind="restart_policy", policy={
+                    "Name": policy["Name"], "MaximumRetryCount": policy.get("MaximumRetryCount", 0)})
                 se.update_restart_policy(spec.id, {"Name": "no"})
-                self.on_undo(f"{self.src.name}: restart policy", lambda: se.update_restart_policy(
-                    spec.id, {"Name": policy["Name"],
-                              "MaximumRetryCount": policy.get("MaximumRetryCount", 0)}))
+            self.entry.save()
 
-    def _progress(self, phase: str) -> Callable[[int], None]:
-        return lambda n: self.emit(Event("bytes", phase, bytes=n))
+    def _move(self, spec: Spec, se: Engine, de: Engine) -> None:
+        assert self.link is not None and self.entry is not None
+        src_cpdir = cp.checkpoint_dir(se, spec.id, self.mid)
+        with self.phase("filesystem") as pr:
+            upper_src = spec.upper_dir
+            upper_dst = Spec(de.inspect(self.entry.tid) or {}).upper_dir
+            if upper_src and upper_dst:
+                pr.bytes += self.link.copy_dir(upper_src, upper_dst, self._progress("filesystem"))
+            for m in spec.named_volumes():
+                dst_mp = (de.volume_inspect(m["Name"]) or {})["Mountpoint"]
+                pr.bytes += self.link.sync_dir(m["Source"], dst_mp)
+        with self.phase("transfer") as pr:
+            cp.manifest(self.src, src_cpdir)
+            pr.bytes += self.link.copy_dir(src_cpdir, self.dst_cpdir, self._progress("transfer"))
+            cp.verify_manifest(self.dst, self.dst_cpdir)
+        with self.phase("restore"):
+            with cp.criu_options(self.dst, self.mid, cp.MIGRATE_CRIU_OPTS):
+                de.start(self.entry.tid, checkpoint=self.mid)
 
-    def _move(self, spec: Spec, se: Engine, de: Engine) -> MigrationReport:
-        frozen = started = False
-        t_freeze = 0.0
-        try:
-            with self.phase("freeze"):
-                t_freeze = time.monotonic()
-                try:
-                    with cp.criu_options(self.src, self.mid, cp.MIGRATE_CRIU_OPTS):
-                        se.checkpoint_create(spec.id, self.mid, exit=True)
-                except MigratorError:
-                    after = se.inspect(spec.id)
-                    frozen = not (after and after["State"].get("Running"))
-                    raise
-                frozen = True
-            src_cpdir = cp.checkpoint_dir(se, spec.id, self.mid)
-            assert self.link is not None
-            with self.phase("filesystem") as pr:
-                upper_src = spec.upper_dir
-                upper_dst = Spec(de.inspect(self.tid) or {}).upper_dir
-                if upper_src and upper_dst:
-                    pr.bytes += self.link.copy_dir(upper_src, upper_dst, self._progress("filesystem"))
-                for m in spec.named_volumes():
-                    dst_mp = (de.volume_inspect(m["Name"]) or {})["Mountpoint"]
-                    pr.bytes += self.link.sync_dir(m["Source"], dst_mp)
-            with self.phase("transfer") as pr:
-                cp.manifest(self.src, src_cpdir)
-                pr.bytes += self.link.copy_dir(src_cpdir, self.dst_cpdir, self._progress("transfer"))
-                cp.verify_manifest(self.dst, self.dst_cpdir)
-            with self.phase("restore"):
-                started = True
-                with cp.criu_options(self.dst, self.mid, cp.MIGRATE_CRIU_OPTS):
-                    de.start(self.tid, checkpoint=self.mid)
-            with self.phase("verify"):
-                if not cp.answers(self.dst, de, spec.name, self.ports, timeout=30):
-                    raise MigratorError(f"{self.dst.name}: {spec.name} started but does not answer")
-                self.report.downtime_s = round(time.monotonic() - t_freeze, 3)
-        except MigratorError as e:
-            return self._rollback(e, spec, se, de, frozen, started)
-        self._undo.clear()  # the target is the container now: nothing of it is undone
-        with self.phase("cleanup"):
-            self._cleanup(spec, se, de)
-        self.report.status = "migrated"
-        return self.report
-
-    def _cleanup(self, spec: Spec, se: Engine, de: Engine) -> None:
-        steps: list[tuple[str, Callable[[], None]]] = [
-            (f"{self.dst.name}: checkpoint {self.mid}", lambda: de.checkpoint_delete(self.tid, self.mid)),
-        ]
-        if self.keep_source:
-            steps.append((f"{self.src.name}: checkpoint {self.mid}",
-                          lambda: se.checkpoint_delete(spec.id, self.mid)))
-        else:
-            steps.append((f"{self.src.name}: container {spec.name}", lambda: se.remove_container(spec.id)))
-        if self.link is not None:
-            steps.append(("transfer key", self.link.close))
-        steps += [
-            (f"{self.src.name}: work dir", lambda: cp.remove_workdir(self.src, self.mid)),
-            (f"{self.dst.name}: work dir", lambda: cp.remove_workdir(self.dst, self.mid)),
-            ("lock", lambda: cp.release_lock(self.src, spec.id)),
-        ]
-        for what, fn in steps:
-            try:
-                fn()
-            except MigratorError as e:
-                self.report.warnings.append(f"cleanup of {what} failed: {e}")
-
-    def _rollback(self, e: MigratorError, spec: Spec, se: Engine, de: Engine,
-                  frozen: bool, started: bool) -> MigrationReport:
-        self.emit(Event("warn", "rollback", f"{e}; rolling back"))
-        left: list[str] = []
-        with self.phase("rollback"):
-            if started:  # never two running copies: the target goes first
-                try:
-                    de.remove_container(self.tid)
-                except MigratorError as ex:
-                    if cp.runtime_stopped(self.dst, self.tid):
-                        left.append(f"{self.dst.name}: container {spec.name} ({self.tid[:12]}) is left "
-                                    f"there, not running; `docker rm {spec.name}` on {self.dst.name} "
-                                    "once its dockerd is back")
-                    else:
-                        left.append(f"{self.dst.name}: container {spec.name} may still run: {ex}")
-                self._undo = [(w, f) for w, f in self._undo if not w.endswith(f"container {spec.name}")]
-            # The source's checkpoint is needed to bring it back: undo must not remove it.
-            restore_err = None
-            if frozen:
-                try:
-                    with cp.criu_options(self.src, self.mid, cp.MIGRATE_CRIU_OPTS):
-                        se.start(spec.id, checkpoint=self.mid)
-                except MigratorError as ex:
-                    restore_err = ex
-            else:
-                after = se.inspect(spec.id)
-                if after and after["State"].get("Running"):
-                    cp.unlock_network(self.src, int(after["State"].get("Pid") or 0))
-            back = cp.answers(self.src, se, spec.id, self.ports, timeout=20)
-            if not back:
-                info = se.inspect(spec.id) or {}
-                if info.get("State", {}).get("Running") and cp.unlock_network(
-                        self.src, int(info["State"].get("Pid") or 0)):
-                    back = cp.answers(self.src, se, spec.id, self.ports, timeout=20)
-            if back:
-                left += self._run_undo()
-                if frozen:
-                    _quiet(lambda: se.checkpoint_delete(spec.id, self.mid))
-            else:
-                keep = {f"{self.src.name}:{cp.workdir(self.mid)}", "lock"}
-                self._undo = [(w, f) for w, f in self._undo if w not in keep]
-                left += self._run_undo()
-                where = cp.checkpoint_dir(se, spec.id, self.mid) if frozen else "none"
-                left.append(
-                    f"{self.src.name}: {spec.name} is not running"
-                    + (f" ({restore_err})" if restore_err else "")
-                    + f"; its checkpoint is {where}. Finish by hand on {self.src.name}: "
-                    f"`docker start --checkpoint {self.mid} {spec.name}` (or plain `docker start "
-                    f"{spec.name}`, losing memory state), then remove {cp.lock_path(spec.id)}")
-        return self._failed(e, left, frozen=frozen, source_back=back)
-
-    def _failed(self, e: MigratorError, left: list[str], *, frozen: bool,
-                source_back: bool = True) -> MigrationReport:
+    def _failed(self, e: MigratorError, left: list[str], back: bool) -> MigrationReport:
+        assert self.entry is not None
         self.report.error = str(e)
         self.report.warnings += left
-        if source_back and not [x for x in left if "may still run" in x]:
+        frozen = "freeze" in [p.name for p in self.report.phases]
+        if back:
+            self.entry.remove()
             self.report.status = "rolled_back"
-            failed = MigrationFailed(
+            err: MigratorError = MigrationFailed(
                 f"migration of {self.container} {self.src.name} -> {self.dst.name} failed and was "
                 f"rolled back ({self.src.name} runs it{' from its checkpoint' if frozen else ''}): {e}"
                 + (f"; left over: {'; '.join(left)}" if left else ""))
-            failed.report = self.report
-            raise failed
-        self.report.status = "failed"
-        err = RollbackFailed(
-            f"migration of {self.container} failed and could not be rolled back: {e}. "
-            + " ".join(left))
+        else:
+            self.report.status = "failed"
+            err = RollbackFailed(f"migration of {self.container} failed and could not be rolled back: {e}. "
+                                 + " ".join(left))
         err.report = self.report
         raise err
 
 
-def _bind(fn: Callable[[str], None], arg: str) -> Callable[[], None]:
-    return lambda: fn(arg)
+# --- recover --------------------------------------------------------------------------------
+@dataclass
+class Recovered:
+    migration_id: str
+    container: str
+    source: str
+    target: str
+    phase: str
+    outcome: str  # completed | rolled_back | failed | running
+    notes: list[str] = field(default_factory=list)
 
 
-def _quiet(fn: Callable[[], None]) -> None:
-    with contextlib.suppress(MigratorError, CommandError):
-        fn()
+def recover(inv: Inventory, only: str | None = None) -> list[Recovered]:
+    """Finish or roll back every migration whose controller died. Forward when the target
+    copy was already started and answers; otherwise back to the source."""
+    out = []
+    for e in journal.load_all():
+        if only and only not in (e.mid, e.container):
+            continue
+        r = Recovered(e.mid, e.container, e.source, e.target, e.phase, "failed")
+        if e.alive():
+            r.outcome = "running"
+            r.notes.append(f"its controller (pid {e.pid}) still runs")
+            out.append(r)
+            continue
+        try:
+            with Host(inv.host(e.source)) as src, Host(inv.host(e.target)) as dst:
+                sides = Sides(e, src, dst)
+                forward = False
+                if e.phase in ("restore", "verify", "cleanup") and e.tid:
+                    info = sides.de.inspect(e.tid)
+                    forward = bool(info and info["State"].get("Running")) and cp.answers(
+                        dst, sides.de, e.tid, e.ports, timeout=10)
+                if forward:
+                    r.notes += sides.finish()
+                    r.outcome = "completed"
+                else:
+                    back, left = sides.roll_back()
+                    r.notes += left
+                    r.outcome = "rolled_back" if back else "failed"
+        except MigratorError as ex:
+            r.notes.append(str(ex))
+        if r.outcome in ("completed", "rolled_back"):
+            e.remove()
+        out.append(r)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ MIGRATOR = [sys.executable, "-m", "migrator.cli"]
 def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (the lab makes namespaces); run `make test` as root")
+    os.environ["MIGRATOR_STATE_DIR"] = str(ROOT / ".test-state")  # the CLIs we start inherit it
     lab = Lab()
     was_up = bool(lab.hosts()) and all(lab.healthy(h) for h in lab.hosts())
     lab.up(3, ROOT / "inventory" / "lab.yaml")
@@ -90,6 +92,7 @@ def hosts(inv: Inventory) -> Iterator[dict[str, LabHost]]:
     hs = {n: LabHost(inv, n) for n in ("lab1", "lab2", "lab3")}
     for h in hs.values():
         reset(h)
+    shutil.rmtree(ROOT / ".test-state", ignore_errors=True)
     yield hs
     for h in hs.values():
         reset(h)
