@@ -72,7 +72,8 @@ def progress_line(msg: str) -> None:
 def _status_table(rows: list[hosts_mod.HostStatus]) -> Table:
     t = Table("host", "address", "reachable", "docker", "criu", "running", "note")
     for r in rows:
-        t.add_row(r.name, r.address, "[green]yes[/green]" if r.reachable else "[red]no[/red]",
+        reach = "[green]yes[/green]" if r.reachable else "[red]no[/red]"
+        t.add_row(r.name, r.address, reach + (" [yellow](cordoned)[/yellow]" if r.cordoned else ""),
                   (r.docker_version or "-")
                   + ("" if r.experimental in (None, True) else " (experimental off)"),
                   r.criu_version or "-", ", ".join(r.containers_running) or "-", r.error or "")
@@ -203,6 +204,109 @@ def recover_cmd(
         raise typer.Exit(int(ExitCode.FAILED_NOT_ROLLED_BACK))
     if any(r.outcome == "running" for r in results):
         raise typer.Exit(int(ExitCode.FAILED_ROLLED_BACK))
+
+
+# --- fleet: cordon, drain, evacuate ------------------------------------------------------------
+def _hosts_opt(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command("cordon")
+def cordon_cmd(host: str, reason: Annotated[str, typer.Option("--reason")] = "") -> None:
+    """Mark a host so that it is never chosen as a target (the mark lives on the host)."""
+    from . import hosts
+
+    try:
+        with host_of(host) as h:
+            hosts.cordon(h, reason)
+    except MigratorError as e:
+        fail(e)
+    out.print(f"{host}: cordoned")
+
+
+@app.command("uncordon")
+def uncordon_cmd(host: str) -> None:
+    """Allow a host to receive containers again."""
+    from . import hosts
+
+    try:
+        with host_of(host) as h:
+            hosts.uncordon(h)
+    except MigratorError as e:
+        fail(e)
+    out.print(f"{host}: uncordoned")
+
+
+def _plan_table(plan: Any, title: str) -> Table:
+    t = Table("container", "from", "to", "memory", "outcome", "why", title=title)
+    for m in plan.moves:
+        t.add_row(m.container, m.source, m.target or "-", _human(m.memory), m.outcome,
+                  m.error or m.reason or "")
+    return t
+
+
+def _fleet_events(container: str, ev: Any) -> None:
+    if ev.kind == "done":
+        err.print(f"  {container}: {ev.phase} done in {ev.message}", highlight=False)
+    elif ev.kind == "warn":
+        err.print(f"  [yellow]{container}: {ev.message}[/yellow]", highlight=False)
+
+
+@app.command("drain")
+def drain_cmd(
+    host: str,
+    to: Annotated[str | None, typer.Option("--to", help="Targets, comma-separated (default: all).")] = None,
+    select: Annotated[str | None, typer.Option("--select", help="Only containers with LABEL=VALUE.")] = None,
+    parallel: Annotated[int, typer.Option("--parallel", help="Migrations at once.")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Cordon a host and move every running container off it (e.g. before patching)."""
+    from . import fleet
+
+    try:
+        plan = fleet.drain(load_inventory(), host, to=_hosts_opt(to), select=select, parallel=parallel,
+                           dry_run=dry_run, events=None if as_json else _fleet_events)
+    except MigratorError as e:
+        fail(e)
+    if as_json:
+        print_json(plan.to_dict())
+    else:
+        out.print(_plan_table(plan, f"drain {host}" + (" (dry run: nothing changed)" if dry_run else "")))
+    if not dry_run and not fleet.drain_ok(plan):
+        raise typer.Exit(int(ExitCode.FAILED_NOT_ROLLED_BACK))
+
+
+@app.command("evacuate")
+def evacuate_cmd(
+    host: str,
+    parallel: Annotated[int, typer.Option("--parallel", help="Migrations at once.")] = 4,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """A failing host: drain it if it answers, else restore its containers from replicas."""
+    from . import fleet
+
+    try:
+        ev = fleet.evacuate(load_inventory(), host, parallel=parallel, dry_run=dry_run,
+                            events=None if as_json else _fleet_events)
+    except MigratorError as e:
+        fail(e)
+    if as_json:
+        print_json(ev.to_dict())
+    elif ev.plan is not None:
+        out.print(_plan_table(ev.plan, f"evacuate {host} (reachable: drained)"))
+    else:
+        t = Table("container", "restored on", "checkpoint", "outcome", title=f"evacuate {host} (unreachable)")
+        for r in ev.restored:
+            t.add_row(r["container"], r["host"], r["checkpoint"], r["outcome"])
+        out.print(t)
+        for lost in ev.lost:
+            err.print(f"[red]not recovered:[/red] {lost['container']}: {lost['why']}", highlight=False)
+    for n in ev.notes:
+        err.print(f"note: {n}", highlight=False)
+    if not dry_run and not ev.ok:
+        raise typer.Exit(int(ExitCode.FAILED_NOT_ROLLED_BACK))
 
 
 # --- stored checkpoints, persist, restore, clone --------------------------------------------

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from .engine import Engine
 from .errors import MigratorError
@@ -21,7 +25,33 @@ class HostStatus:
     criu_version: str | None = None
     containers_running: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    cordoned: bool = False
     error: str | None = None
+
+
+CORDON_FILE = "/var/lib/migrator/cordon"
+
+
+def cordoned(host: Host) -> dict[str, Any] | None:
+    """The host's cordon mark, kept on the host itself so that every controller sees it."""
+    r = host.run(["cat", CORDON_FILE], check=False)
+    if not r.ok:
+        return None
+    try:
+        mark = json.loads(r.stdout or "{}")
+    except ValueError:
+        mark = {}
+    return mark if isinstance(mark, dict) else {}
+
+
+def cordon(host: Host, reason: str = "") -> None:
+    mark = json.dumps({"reason": reason, "since": time.time(), "by": socket.gethostname()})
+    host.run(["bash", "-c", 'umask 077; mkdir -p "$(dirname "$1")" && printf "%s" "$2" > "$1"', "_",
+              CORDON_FILE, mark])
+
+
+def uncordon(host: Host) -> None:
+    host.run(["rm", "-f", CORDON_FILE])
 
 
 def criu_version(host: Host) -> str | None:
@@ -42,6 +72,7 @@ def probe(spec: HostSpec, timeout: float = 10.0) -> HostStatus:
             st.experimental = bool(v.get("Experimental", False))
             st.criu_version = criu_version(h)
             st.containers_running = sorted(c["Names"][0].lstrip("/") for c in eng.containers())
+            st.cordoned = cordoned(h) is not None
             st.reachable = True
     except MigratorError as e:
         st.error = str(e)

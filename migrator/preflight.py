@@ -80,6 +80,9 @@ def run(src: Host, dst: Host, spec: Spec, src_wd: str, dst_wd: str) -> Preflight
     if sinfo is None or dinfo is None:
         return pf
     s, t = src.name, dst.name
+    mark = hosts.cordoned(dst)
+    pf.add(t, "not cordoned", mark is None,
+           f"cordoned ({(mark or {}).get('reason') or 'no reason given'}); `migrator uncordon {t}` first")
     pf.add(t, "architecture", sinfo.get("Architecture") == dinfo.get("Architecture"),
            f"{dinfo.get('Architecture')} here, {sinfo.get('Architecture')} on {s}")
     # CPU features: what the process may use on the source must exist on the target.
@@ -121,11 +124,11 @@ def run(src: Host, dst: Host, spec: Spec, src_wd: str, dst_wd: str) -> Preflight
     upper = spec.upper_dir
     diff = int(src.run(["du", "-sb", upper], check=False).stdout.split()[0] or 0) if upper else 0
     pf.memory_bytes, pf.fs_diff_bytes = mem, diff
-    avail = _meminfo(dst).get("MemAvailable", 0)
+    avail = mem_info(dst).get("MemAvailable", 0)
     pf.add(t, "memory", avail >= mem * MEM_MARGIN,
            f"{avail >> 20} MiB available, the container uses {mem >> 20} MiB; free memory or pick another")
     root = dinfo.get("DockerRootDir", "/var/lib/docker")
-    free = _free_bytes(dst, root)
+    free = free_bytes(dst, root)
     need = int((mem + diff) * DISK_MARGIN)
     pf.add(t, "disk", free >= need, f"{free >> 20} MiB free in {root}, need {need >> 20} MiB")
     return pf
@@ -142,7 +145,7 @@ def port_user(host: Host, engine: Engine, port: int, proto: str = "tcp") -> str 
     return "a process" if busy else None
 
 
-def _meminfo(host: Host) -> dict[str, int]:
+def mem_info(host: Host) -> dict[str, int]:
     out = {}
     for line in host.run(["cat", "/proc/meminfo"]).stdout.splitlines():
         k, _, v = line.partition(":")
@@ -152,7 +155,7 @@ def _meminfo(host: Host) -> dict[str, int]:
     return out
 
 
-def _free_bytes(host: Host, path: str) -> int:
+def free_bytes(host: Host, path: str) -> int:
     r = host.run(["df", "-B1", "--output=avail", path], check=False)
     lines = r.stdout.split()
     return int(lines[-1]) if r.ok and lines and lines[-1].isdigit() else 0
