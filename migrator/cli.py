@@ -309,6 +309,53 @@ def evacuate_cmd(
         raise typer.Exit(int(ExitCode.FAILED_NOT_ROLLED_BACK))
 
 
+@app.command("play")
+def play_cmd(
+    playbook: Path,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print steps and drain plans; change nothing.")] = False,
+    limit: Annotated[str | None, typer.Option("--limit", help="Only these hosts, comma-separated.")] = None,
+    start_at: Annotated[str | None, typer.Option("--start-at", help="Step number or name to start at.")] = None,
+    extra: Annotated[list[str] | None, typer.Option("-e", "--extra-var", help="KEY=VALUE (repeatable).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to every confirm step.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Run a playbook (rolling patch, host replacement, ...) over inventory hosts."""
+    from . import playbook as pb_mod
+
+    def confirm(msg: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            return False
+        return typer.confirm(msg)
+
+    def reboot_lab(host: str) -> None:
+        _lab().restart(host)
+
+    try:
+        variables = {}
+        for kv in extra or []:
+            k, sep, v = kv.partition("=")
+            if not sep or not k:
+                raise MigratorError(f"-e {kv!r}: expected KEY=VALUE")
+            variables[k] = v
+        pb = pb_mod.load(playbook, variables)
+        play = pb_mod.Play(load_inventory(), pb, limit=_hosts_opt(limit), confirm=confirm,
+                           reboot_lab=reboot_lab, say=None if as_json else progress_line)
+        rep = play.run(dry_run=dry_run, start_at=start_at)
+    except MigratorError as e:
+        if as_json and e.report is not None:
+            print_json(asdict(e.report))  # type: ignore[call-overload]
+        fail(e)
+    if as_json:
+        print_json(asdict(rep))
+        return
+    t = Table("step", "host", "ok", "seconds", "detail", title=f"{rep.playbook}" + (" (dry run)" if dry_run else ""))
+    for r in rep.results:
+        t.add_row(f"{r.step} {r.name}", r.host, "yes" if r.ok else "[red]no[/red]", f"{r.seconds:.1f}", r.detail)
+    out.print(t)
+
+
 # --- stored checkpoints, persist, restore, clone --------------------------------------------
 def host_of(name: str) -> Any:
     from .transport import Host

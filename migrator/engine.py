@@ -47,6 +47,14 @@ class _HostAdapter(SSHHTTPAdapter):
     def _connect(self) -> None:
         self._host.client  # noqa: B018 - reconnects if needed
 
+    def get_connection(self, url: Any, proxies: Any = None) -> Any:
+        # A pool keeps the transport it was made with: after a reconnect, start afresh.
+        transport = self._host.client.get_transport()
+        if transport is not getattr(self, "_transport", None):
+            self.pools.clear()
+            self._transport = transport
+        return super().get_connection(url, proxies)
+
     def close(self) -> None:
         self.pools.clear()  # the SSH connection belongs to the Host
 
@@ -96,9 +104,17 @@ class Engine:
     def api(self) -> docker.APIClient:
         return self.host.docker
 
-    def _call(self, what: str, fn: Callable[[docker.APIClient], Any], missing: Any = _RAISE) -> Any:
+    def _call(self, what: str, fn: Callable[[docker.APIClient], Any], missing: Any = _RAISE,
+              idempotent: bool = True) -> Any:
         try:
-            return fn(self.api)
+            try:
+                return fn(self.api)
+            except (requests.exceptions.ConnectionError, OSError, EOFError):
+                if not idempotent:
+                    raise
+                # The SSH connection may have died under us (sshd restarted): reconnect once.
+                self.host.reset()
+                return fn(self.api)
         except docker.errors.NotFound as e:
             if missing is _RAISE:
                 raise DockerError(f"{self.host.name}: {what}: {_explain(e)}") from None
@@ -118,7 +134,7 @@ class Engine:
             else:
                 res = api._post(url, params=params)
             return api._result(res, json=bool(res.content))
-        return self._call(what, go)
+        return self._call(what, go, idempotent=False)
 
     def info(self) -> dict[str, Any]:
         return dict(self._call("docker info", lambda a: a.info()))
@@ -175,7 +191,7 @@ class Engine:
         def go(api: docker.APIClient) -> str:
             res = api._post_json(api._url("/containers/create"), data=body, params={"name": name})
             return str(api._result(res, True)["Id"])
-        return str(self._call(f"create {name}", go))
+        return str(self._call(f"create {name}", go, idempotent=False))
 
     def network_exists(self, name: str) -> bool:
         return self._call(f"inspect network {name}", lambda a: a.inspect_network(name), None) is not None

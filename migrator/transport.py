@@ -134,6 +134,13 @@ class Host:
             t.set_keepalive(15)
         return c
 
+    def reset(self) -> None:
+        """Drop the SSH connection; the next use connects again."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
     def close(self) -> None:
         with self._lock:
             if self._docker is not None:

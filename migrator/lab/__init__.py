@@ -331,7 +331,8 @@ class Lab:
         shutil.rmtree(rootfs)
 
     def write_inventory(self, path: Path) -> None:
-        hosts = {h.name: {"address": h.address} for h in self.hosts()}
+        # `reboot: lab` tells playbooks to restart the host's dockerd and sshd (`lab restart`).
+        hosts = {h.name: {"address": h.address, "labels": {"reboot": "lab"}} for h in self.hosts()}
         doc = {
             "defaults": {"user": "root", "port": 22, "identity_file": str(self.key),
                          "known_hosts": str(self.known_hosts)},

@@ -1,0 +1,70 @@
+"""The shipped playbooks, run for real over the lab."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from conftest import ROOT, LabHost, check_all, fill, run_cli
+
+PATCH = "test ! -e /var/lib/migrator/fail-patch && date > /var/lib/migrator/patched"
+
+
+def start(h: LabHost, name: str, port: int) -> None:
+    h.sh("docker", "run", "-d", "--name", name, "-p", f"{port}:6379", "lab/redis")
+    fill(h.wait_redis(port), 3_000, prefix=name)
+
+
+def test_rolling_patch_with_a_failure_and_resume(hosts: dict[str, LabHost]) -> None:
+    ports = {"c1": 7001, "c2": 7002, "c3": 7003}
+    for (name, port), h in zip(ports.items(), hosts.values(), strict=True):
+        start(h, name, port)
+    pb = str(ROOT / "playbooks" / "rolling-patch.yaml")
+    r = run_cli("play", pb, "-e", "group=lab", "-e", f"upgrade={PATCH}", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    dry = json.loads(r.stdout)
+    assert [x["host"] for x in dry["results"]].count("lab1") == 6 and len(dry["plans"]) == 3
+    assert all(h.running() == [n] for n, h in zip(ports, hosts.values(), strict=True)), "dry run moved nothing"
+
+    hosts["lab2"].sh("touch", "/var/lib/migrator/fail-patch")
+    r = run_cli("play", pb, "-e", "group=lab", "-e", f"upgrade={PATCH}")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "step 3 (upgrade) failed on lab2" in r.stderr
+    resume = r.stderr.split("resume with: ")[1].split("\n")[0].replace("\n", "")
+    assert "--limit lab2,lab3 --start-at 3" in resume
+    hosts["lab2"].sh("rm", "/var/lib/migrator/fail-patch")
+    args = shlex.split(resume)[2:]  # after "migrator play"
+    r = run_cli("play", *args, "-e", "group=lab", "-e", f"upgrade={PATCH}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name, port in ports.items():
+        [where] = [h for h in hosts.values() if name in h.running()]
+        check_all(where.redis(port), 3_000, prefix=name)
+    rows = json.loads(run_cli("hosts", "--json").stdout)
+    assert not any(x["cordoned"] for x in rows)
+    for h in hosts.values():
+        assert h.host.ok(["test", "-e", "/var/lib/migrator/patched"]), f"{h.name} was not patched"
+
+
+def test_replace_host_needs_yes_then_moves_everything(hosts: dict[str, LabHost]) -> None:
+    a, c = hosts["lab1"], hosts["lab3"]
+    start(a, "c1", 7001)
+    start(a, "c2", 7002)
+    pb = str(ROOT / "playbooks" / "replace-host.yaml")
+    r = run_cli("play", pb, "-e", "old=lab1", "-e", "new=lab3")
+    assert r.returncode == 2 and "not confirmed" in r.stderr
+    assert a.running() == ["c1", "c2"]
+    r = run_cli("play", pb, "-e", "old=lab1", "-e", "new=lab3", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert a.running() == [] and c.running() == ["c1", "c2"]
+    check_all(c.redis(7001), 3_000, prefix="c1")
+    assert json.loads(run_cli("hosts", "--json").stdout)[0]["cordoned"]
+
+
+def test_move_to_bigger_host(hosts: dict[str, LabHost]) -> None:
+    start(hosts["lab1"], "redis", 6379)
+    r = run_cli("play", str(ROOT / "playbooks" / "move-to-bigger-host.yaml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hosts["lab3"].running() == ["redis"]
+    check_all(hosts["lab3"].redis(), 3_000, prefix="redis")
+    r = run_cli("checkpoint", "ls", "redis", "--on", "lab1", "--json")
+    assert len(json.loads(r.stdout)) == 1
