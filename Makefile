@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-unit test-integration lint bench lab-up lab-down clean
+.PHONY: setup demo test test-unit test-integration test-faults lint bench lab-up lab-down clean
 
 setup:
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
@@ -13,7 +13,7 @@ demo: setup
 	bash scripts/demo.sh
 
 test: setup
-	$(BIN)/ruff check migrator tests
+	$(BIN)/ruff check migrator tests bench
 	$(BIN)/mypy migrator
 	$(BIN)/pytest -p no:cacheprovider tests
 
@@ -22,6 +22,13 @@ test-unit: setup
 
 test-integration: setup
 	$(BIN)/pytest -p no:cacheprovider tests/integration
+
+test-faults: setup
+	$(BIN)/pytest -p no:cacheprovider tests/integration/test_faults.py
+
+# Timings, as ratios against baselines measured in the same run (not a test).
+bench: setup
+	$(BIN)/python bench/run.py $(if $(SIZES),--sizes $(SIZES))
 
 lint: setup
 	$(BIN)/ruff check migrator tests

@@ -1,26 +1,35 @@
 """CRIU through Docker on one host: dump, restore, and what surrounds them.
 
+Dumps go through runc directly (`runc checkpoint --image-path`), not `docker checkpoint
+create`: Docker copies every page through containerd's content store on dump and again on
+restore, which is most of the time at any real size. Restores go through Docker (`docker
+start --checkpoint`) so the container stays a normal Docker container, with the memory
+pages left where they are: the checkpoint directory Docker reads holds the small image
+files and relative symlinks to the pages (Docker tars that directory; CRIU follows the
+links from its image directory on the host).
+
 Docker 20.10 passes no CRIU options per container, but runc reads /etc/criu/runc.conf for
 every dump and restore on the host. Established TCP connections and in-flight connects make
-a stock dump fail, so for the window of one dump or restore we write our options there
-(under a host-wide lock) and put the file back exactly as it was.
+a stock dump fail, so a host-side wrapper holds a lock, adds our options for the one
+command, and puts the file back exactly as it was when the command ends, also when its SSH
+session dies (the lock names the wrapper's pid on the host; a dead one is taken over).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .container import Spec
 from .engine import Engine
 from .errors import CommandError, LockedError, MigratorError
+from .hosts import free_bytes
 from .transport import Host, wait_for
 
 log = logging.getLogger(__name__)
@@ -39,12 +48,14 @@ def workdir(mid: str) -> str:
 
 def make_workdir(host: Host, mid: str) -> str:
     d = workdir(mid)
-    host.run(["bash", "-c", 'umask 077; mkdir -p "$1" && chmod 0700 "$1" "$(dirname "$1")"', "_", d])
+    host.run(["bash", "-c", 'umask 077; mkdir -p "$1" "$2" && chmod 0700 "$1" "$(dirname "$1")" "$2"', "_", d,
+              f"{SHM_DIR}/{mid}"])
     return d
 
 
-def remove_workdir(host: Host, mid: str) -> None:
-    host.run(["rm", "-rf", "--one-file-system", workdir(mid)], check=False)
+def remove_workdir(host: Host, op: str) -> None:
+    """The work dir and the tmpfs image dir of one operation (they hold process memory)."""
+    host.run(["rm", "-rf", "--one-file-system", workdir(op), f"{SHM_DIR}/{op}"], check=False)
 
 
 def lock_path(container_id: str) -> str:
@@ -119,41 +130,120 @@ def release_lock(host: Host, container_id: str) -> None:
 
 
 def checkpoint_dir(engine: Engine, container_id: str, name: str) -> str:
-    root = engine.info().get("DockerRootDir", "/var/lib/docker")
-    return f"{root}/containers/{container_id}/checkpoints/{name}"
+    return f"{engine.docker_root}/containers/{container_id}/checkpoints/{name}"
 
 
 RUNC_LOCK = f"{STATE_DIR}/locks/runc-conf"
-# Put runc.conf back as it was: the saved copy, or no file when there was none. A run that
-# died before saving anything changed nothing, and this then changes nothing either.
-_PUT_BACK = ('if [ -e "$2/runc.conf.orig" ]; then mv "$2/runc.conf.orig" "$1"; '
-             'elif [ -e "$2/runc.conf.absent" ]; then rm -f "$1"; fi')
+SHM_DIR = "/dev/shm/migrator"
+
+# criu-run LOCK CONF WAIT N OPT... CMD...: runc.conf with OPTs added, for CMD only.
+_CRIU_RUN = r"""
+lock=$1 conf=$2 wait=$3 n=$4; shift 4
+opts=("${@:1:$n}"); shift "$n"
+put_back() {
+  if [ -e "$lock/runc.conf.orig" ]; then mv -f "$lock/runc.conf.orig" "$conf"
+  elif [ -e "$lock/runc.conf.absent" ]; then rm -f "$conf"; fi
+}
+mkdir -p "$(dirname "$lock")"
+deadline=$((SECONDS + wait))
+until mkdir "$lock" 2>/dev/null; do
+  owner=$(cat "$lock/pid" 2>/dev/null || true)
+  if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then put_back; rm -rf "$lock"; continue; fi
+  if [ "$SECONDS" -ge "$deadline" ]; then echo "$conf is held by pid ${owner:-unknown}" >&2; exit 75; fi
+  sleep 0.2
+done
+echo $$ > "$lock/pid"
+trap 'put_back; rm -rf "$lock"' EXIT
+trap 'exit 129' HUP INT TERM
+if [ -e "$conf" ]; then cp -p "$conf" "$lock/runc.conf.orig"; else : > "$lock/runc.conf.absent"; fi
+mkdir -p "$(dirname "$conf")"
+{ [ ! -e "$lock/runc.conf.orig" ] || cat "$lock/runc.conf.orig"; printf '%s\n' "${opts[@]}"; } > "$conf.new"
+mv "$conf.new" "$conf"
+"$@"
+"""
+
+# place-and-start IMG CPDIR NAME CONTAINER: Docker's checkpoint dir with the small files
+# copied and the pages linked (relatively: CRIU reads them after entering the container's
+# root, where an absolute link would point inside the container), then start from it.
+_PLACE_AND_START = r"""
+set -e
+img=$1 cpdir=$2 name=$3 ctr=$4
+up=$(printf '../%.0s' $(seq 30))
+rm -rf "$cpdir"; mkdir -p "$cpdir"; chmod 0700 "$cpdir"
+for f in "$img"/*; do
+  b=${f##*/}
+  case "$b" in
+    pages-*.img) ln -s "$up${f#/}" "$cpdir/$b" ;;
+    MANIFEST) ;;
+    *) cp -p "$f" "$cpdir/" ;;
+  esac
+done
+docker start --checkpoint "$name" "$ctr" >/dev/null
+rm -rf "$cpdir"
+"""
+
+# dump ROOT IMG WORK LEAVE CONTAINER: runc straight into IMG (tmpfs when it fits). Without
+# Docker's runtime root (another exec-root), Docker's own checkpoint is the fallback.
+_DUMP = r"""
+set -e
+root=$1 img=$2 work=$3 leave=$4 ctr=$5
+umask 077; mkdir -p "$img" "$work"
+if [ -n "$root" ]; then
+  args=(--root "$root" checkpoint --image-path "$img" --work-path "$work")
+  [ "$leave" = 1 ] && args+=(--leave-running)
+  runc "${args[@]}" "$ctr" || { tail -5 "$work/dump.log" >&2 2>/dev/null; exit 1; }
+else
+  rmdir "$img"
+  args=(--checkpoint-dir "$(dirname "$img")")
+  [ "$leave" = 1 ] && args+=(--leave-running)
+  docker checkpoint create "${args[@]}" "$ctr" "$(basename "$img")" >/dev/null
+fi
+chmod -R go-rwx "$img"
+cd "$img" && find . -type f ! -name MANIFEST -print0 | sort -z | xargs -0 -r cksum -a crc > MANIFEST
+"""
 
 
-@contextlib.contextmanager
-def criu_options(host: Host, op: str, options: list[str]) -> Iterator[None]:
-    """Hold the host's runc.conf with `options` added for the duration of the block."""
-    lock = RUNC_LOCK
+def criu_run(host: Host, what: str, argv: list[str | int], options: list[str] | None = None,
+             timeout: float | None = 3600) -> None:
+    """Run argv on host with our CRIU options in runc.conf for exactly its duration."""
+    opts = MIGRATE_CRIU_OPTS if options is None else options
+    r = host.run(["bash", "-c", _CRIU_RUN, "criu-run", RUNC_LOCK, RUNC_CONF, LOCK_WAIT_S, len(opts), *opts,
+                  *argv], check=False, timeout=timeout)
+    if r.rc == 75:
+        raise LockedError(f"{host.name}: {r.stderr.strip()}", hint=f"if nothing runs there, remove {RUNC_LOCK}")
+    if not r.ok:
+        raise MigratorError(f"{host.name}: {what} failed: {_tail(r.stderr)}")
 
-    def put_back() -> None:
-        host.run(["bash", "-c", _PUT_BACK, "_", RUNC_CONF, lock], check=False)
 
-    if not wait_for(lambda: _try_lock(host, lock, owner(op=op), put_back), LOCK_WAIT_S, 0.2):
-        raise LockedError(f"{host.name}: {RUNC_CONF} is held by another operation "
-                          f"({_lock_owner(host, lock)})",
-                          hint=f"if none runs, put {lock}/runc.conf.orig back and remove {lock} "
-                          f"on {host.name}")
-    try:
-        host.run(["bash", "-c",
-                  'if [ -e "$1" ]; then cp -p "$1" "$2/runc.conf.orig"; else : > "$2/runc.conf.absent"; fi; '
-                  'mkdir -p "$(dirname "$1")"; '
-                  '{ [ ! -e "$2/runc.conf.orig" ] || cat "$2/runc.conf.orig"; printf "%s\\n" "${@:3}"; } '
-                  '> "$1.new" && mv "$1.new" "$1"',
-                  "_", RUNC_CONF, lock, *options])
-        yield
-    finally:
-        put_back()
-        host.run(["rm", "-rf", lock], check=False)
+def _tail(text: str) -> str:
+    return " ".join(text.strip().splitlines()[-4:])[-500:] or "no output"
+
+
+def runtime_root(host: Host, container_id: str) -> str:
+    """Docker's runc state directory for this container ('' when not found)."""
+    r = host.run(["bash", "-c", 'for r in /run/docker/runtime-*/moby /var/run/docker/runtime-*/moby; do '
+                  '[ -d "$r/$1" ] && { echo "$r"; exit 0; }; done; exit 1', "_", container_id], check=False)
+    return r.stdout.strip() if r.ok else ""
+
+
+def image_dir(host: Host, op: str, need_bytes: int) -> str:
+    """Where the CRIU images go: tmpfs when it has room (1.5x), else the work dir on disk."""
+    free = free_bytes(host, "/dev/shm")
+    return f"{SHM_DIR}/{op}/img" if free > need_bytes * 1.5 else f"{workdir(op)}/img"
+
+
+def dump(host: Host, container_id: str, img: str, *, root: str, leave_running: bool = False) -> None:
+    """Checkpoint the container's processes into `img` (CRIU images, 0600)."""
+    work = f"{os.path.dirname(img)}/criu-work"
+    criu_run(host, f"checkpoint of {container_id[:12]}",
+             ["bash", "-c", _DUMP, "dump", root, img, work, int(leave_running), container_id])
+
+
+def start_from_images(host: Host, engine: Engine, container_id: str, img: str, name: str) -> None:
+    """`docker start --checkpoint` from the CRIU images in `img`, without copying the pages."""
+    cpdir = checkpoint_dir(engine, container_id, name)
+    criu_run(host, f"restore of {container_id[:12]}",
+             ["bash", "-c", _PLACE_AND_START, "place", img, cpdir, name, container_id])
 
 
 def unlock_network(host: Host, pid: int) -> bool:
@@ -216,18 +306,25 @@ def _container_ip(info: dict) -> str | None:
     return None
 
 
+MANIFEST = 'cd "$1" && find . -type f ! -name MANIFEST -print0 | sort -z | xargs -0 -r cksum -a crc'
+
+
 def manifest(host: Host, directory: str) -> None:
-    """Write MANIFEST: a checksum of every file in directory, for the receiving side."""
-    host.run(["bash", "-c", 'cd "$1" && find . -type f ! -name MANIFEST -print0 | sort -z | '
-              'xargs -0 -r b2sum > MANIFEST', "_", directory])
+    """Write MANIFEST: a CRC of every file (cheap at GB/s; SSH already authenticates the
+    bytes, this catches what breaks on either disk or in our own copying)."""
+    host.run(["bash", "-c", MANIFEST + ' > "$1/MANIFEST"', "_", directory])
+
+
+def verify_argv(directory: str) -> list[str]:
+    """argv that fails unless directory matches its MANIFEST (run on the receiving host)."""
+    return ["bash", "-c", 'diff <(' + MANIFEST + ') "$1/MANIFEST" >/dev/null || '
+            '{ echo "checkpoint in $1 does not match its checksums" >&2; exit 1; }', "_", directory]
 
 
 def verify_manifest(host: Host, directory: str) -> None:
-    r = host.run(["bash", "-c", 'cd "$1" && b2sum --quiet --strict -c MANIFEST', "_", directory],
-                 check=False)
+    r = host.run(verify_argv(directory), check=False)
     if not r.ok:
-        raise MigratorError(f"{host.name}: checkpoint in {directory} does not match its checksums: "
-                            f"{(r.stdout + r.stderr).strip()[-300:]}")
+        raise MigratorError(f"{host.name}: {r.stderr.strip() or 'checksum check failed'}; not restoring from it")
 
 
 def runtime_stopped(host: Host, container_id: str) -> bool:

@@ -83,8 +83,7 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
     link: Link | None = None
     try:
         src.run(["mkdir", "-m", "0700", payload])
-        with cp.criu_options(src, mid, cp.MIGRATE_CRIU_OPTS):
-            se.checkpoint_create(spec.id, "criu", exit=False, checkpoint_dir=payload)
+        cp.dump(src, spec.id, f"{payload}/criu", root=cp.runtime_root(src, spec.id), leave_running=True)
         if spec.upper_dir:
             src.run(shell.pipeline([*shell.TAR, "-C", spec.upper_dir, "-cf", "-", "."],
                                    ["zstd", "-1", "-T0", "-q", "-f", "-o", f"{payload}/fs.tar.zst"]))
@@ -95,7 +94,7 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
             link = open_link(src, dst, mid, swd, relay_only=relay)
             rep.bytes_sent += ship_image(link, se, de, spec.image_id, spec.image_ref)
             dst.run(["mkdir", "-m", "0700", f"{dwd}/cp"])
-            rep.bytes_sent += link.copy_dir(payload, f"{dwd}/cp")
+            rep.bytes_sent += link.copy_dir(payload, f"{dwd}/cp", verify=True)
             where = f"{dwd}/cp"
         rep.clone_id = store.start_from(dst, where, new_name, body)
     finally:

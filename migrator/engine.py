@@ -125,19 +125,15 @@ class Engine:
             raise DockerError(f"{self.host.name}: {what}: Docker daemon unreachable ({e})",
                               hint=f"is dockerd running on {self.host.name}?") from None
 
-    def _post(self, what: str, path: str, *args: str, data: Any = None,
-              params: dict[str, str] | None = None) -> Any:
-        def go(api: docker.APIClient) -> Any:
-            url = api._url(path, *args)
-            if data is not None:
-                res = api._post_json(url, data=data, params=params)
-            else:
-                res = api._post(url, params=params)
-            return api._result(res, json=bool(res.content))
-        return self._call(what, go, idempotent=False)
-
     def info(self) -> dict[str, Any]:
         return dict(self._call("docker info", lambda a: a.info()))
+
+    @property
+    def docker_root(self) -> str:
+        """The daemon's data root (asked once per Engine)."""
+        if not getattr(self, "_root", None):
+            self._root = str(self.info().get("DockerRootDir") or "/var/lib/docker")
+        return self._root
 
     def version(self) -> dict[str, Any]:
         return dict(self._call("docker version", lambda a: a.version()))
@@ -160,32 +156,12 @@ class Engine:
     def remove_container(self, container: str) -> None:
         self._call(f"remove {container}", lambda a: a.remove_container(container, force=True), None)
 
-    def start(self, container: str, checkpoint: str | None = None) -> None:
-        what = f"start {container}" + (f" from checkpoint {checkpoint}" if checkpoint else "")
-        self._post(what, "/containers/{0}/start", container,
-                   params={"checkpoint": checkpoint} if checkpoint else None)
-
-    def stop(self, container: str, timeout: int = 10) -> None:
-        self._call(f"stop {container}", lambda a: a.stop(container, timeout=timeout))
-
     def update_restart_policy(self, container: str, policy: dict[str, Any]) -> None:
         self._call(f"update {container}", lambda a: a.update_container(container, restart_policy=policy))
 
     def stats(self, container: str) -> dict[str, Any]:
         return dict(self._call(f"stats {container}",
                                lambda a: a.stats(container, stream=False, one_shot=True)))
-
-    def checkpoint_create(self, container: str, name: str, *, exit: bool = True,
-                          checkpoint_dir: str | None = None) -> None:
-        data: dict[str, Any] = {"CheckpointID": name, "Exit": exit}
-        if checkpoint_dir:
-            data["CheckpointDir"] = checkpoint_dir
-        self._post(f"checkpoint {container}", "/containers/{0}/checkpoints", container, data=data)
-
-    def checkpoint_delete(self, container: str, name: str) -> None:
-        def go(api: docker.APIClient) -> None:
-            api._raise_for_status(api._delete(api._url("/containers/{0}/checkpoints/{1}", container, name)))
-        self._call(f"delete checkpoint {name} of {container}", go, None)
 
     def create(self, name: str, body: dict[str, Any]) -> str:
         def go(api: docker.APIClient) -> str:

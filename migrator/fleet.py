@@ -17,9 +17,10 @@ from . import hosts, store
 from .container import Spec
 from .engine import Engine
 from .errors import MigratorError
+from .hosts import free_bytes, mem_info
 from .inventory import Inventory
 from .migrate import Event, Migration
-from .preflight import DISK_MARGIN, MEM_MARGIN, free_bytes, mem_info
+from .preflight import DISK_MARGIN, MEM_MARGIN
 from .transport import Host
 
 PIN_LABEL = "migrator.pin"

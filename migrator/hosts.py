@@ -54,6 +54,22 @@ def uncordon(host: Host) -> None:
     host.run(["rm", "-f", CORDON_FILE])
 
 
+def mem_info(host: Host) -> dict[str, int]:
+    out = {}
+    for line in host.run(["cat", "/proc/meminfo"]).stdout.splitlines():
+        k, _, v = line.partition(":")
+        parts = v.split()
+        if parts and parts[0].isdigit():
+            out[k] = int(parts[0]) * 1024
+    return out
+
+
+def free_bytes(host: Host, path: str) -> int:
+    r = host.run(["df", "-B1", "--output=avail", path], check=False)
+    lines = r.stdout.split()
+    return int(lines[-1]) if r.ok and lines and lines[-1].isdigit() else 0
+
+
 def criu_version(host: Host) -> str | None:
     r = host.run(["criu", "--version"], check=False, timeout=30)
     for line in r.stdout.splitlines():

@@ -40,6 +40,8 @@ class Entry:
     phase: str = "resolve"
     tid: str = ""
     ports: list[int] = field(default_factory=list)
+    src_img: str = ""  # where the source's CRIU images are (to restore it on rollback)
+    dst_img: str = ""
     # What was made or changed, in order, so it can be undone by anyone who reads this.
     undo: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.time)

@@ -120,23 +120,14 @@ class Sides:
         return None
 
     def finish(self) -> list[str]:
-        """The target is the container now: remove the source (or keep it stopped), the
-        checkpoint copies and everything temporary."""
-        e, warnings = self.e, []
-        steps: list[tuple[str, Callable[[], None]]] = []
-        if e.tid:
-            steps.append((f"{self.dst.name}: checkpoint", lambda: self.de.checkpoint_delete(e.tid, e.mid)))
-        if e.keep_source:
-            steps.append((f"{self.src.name}: checkpoint",
-                          lambda: self.se.checkpoint_delete(e.container_id, e.mid)))
-        else:
-            steps.append((f"{self.src.name}: container {e.container}",
-                          lambda: self.se.remove_container(e.container_id)))
-        for what, fn in steps:
+        """The target is the container now: remove the source (unless kept, stopped) and
+        everything temporary, the checkpoint images with it."""
+        warnings = []
+        if not self.e.keep_source:
             try:
-                fn()
+                self.se.remove_container(self.e.container_id)
             except MigratorError as ex:
-                warnings.append(f"cleanup of {what} failed: {ex}")
+                warnings.append(f"cleanup of {self.src.name}: container {self.e.container} failed: {ex}")
         return warnings + self.common_cleanup()
 
     def roll_back(self) -> tuple[bool, list[str]]:
@@ -162,8 +153,9 @@ class Sides:
             return False, left + [f"{self.src.name}: container {e.container} is gone"]
         if not info["State"].get("Running"):
             try:
-                with cp.criu_options(self.src, e.mid, cp.MIGRATE_CRIU_OPTS):
-                    self.se.start(e.container_id, checkpoint=e.mid)
+                if not (e.src_img and self.src.ok(["test", "-f", f"{e.src_img}/MANIFEST"])):
+                    raise MigratorError("no complete checkpoint of it was made")
+                cp.start_from_images(self.src, self.se, e.container_id, e.src_img, e.mid)
             except MigratorError as ex:
                 restore_err = ex
         back = cp.answers(self.src, self.se, e.container_id, e.ports, timeout=20)
@@ -173,22 +165,18 @@ class Sides:
                     self.src, int(info["State"].get("Pid") or 0)):
                 back = cp.answers(self.src, self.se, e.container_id, e.ports, timeout=20)
         if not back:
-            where = cp.checkpoint_dir(self.se, e.container_id, e.mid)
             left.append(
                 f"{self.src.name}: {e.container} is not running"
                 + (f" ({restore_err})" if restore_err else "")
-                + f"; its checkpoint (if the freeze completed) is {where}. Finish by hand on "
-                f"{self.src.name}: "
-                f"`docker start --checkpoint {e.mid} {e.container}` (or plain `docker start {e.container}`, "
-                f"losing memory state), then `migrator recover`")
+                + f"; its CRIU images (if the freeze completed) are in {e.src_img or 'none'} on "
+                f"{self.src.name}. Once the cause is fixed, `migrator recover` tries again; or "
+                f"`docker start {e.container}` there, losing its memory state")
             return False, left
         for rec in reversed(e.undo):
             try:
                 self._undo(rec)
             except MigratorError as ex:
                 left.append(f"undo {rec}: {ex}")
-        with contextlib.suppress(MigratorError):
-            self.se.checkpoint_delete(e.container_id, e.mid)
         return True, left + self.common_cleanup()
 
 
@@ -277,6 +265,7 @@ class Migration:
                 swd = cp.make_workdir(self.src, self.mid)
                 dwd = cp.make_workdir(self.dst, self.mid)
                 pf = preflight.run(self.src, self.dst, spec, swd, dwd)
+                self.memory = pf.memory_bytes
                 self.report.preflight = [asdict(c) for c in pf.checks]
                 if pf.failures:
                     raise PreflightError(pf.failures)
@@ -297,8 +286,7 @@ class Migration:
             self._presync(spec, se, de, swd)
             with self.phase("freeze"):
                 t_freeze = time.monotonic()
-                with cp.criu_options(self.src, self.mid, cp.MIGRATE_CRIU_OPTS):
-                    se.checkpoint_create(spec.id, self.mid, exit=True)
+                cp.dump(self.src, spec.id, self.entry.src_img, root=self.root)
             self._move(spec, se, de)
             with self.phase("verify"):
                 if not cp.answers(self.dst, de, spec.name, self.entry.ports, timeout=30):
@@ -338,9 +326,13 @@ class Migration:
                 pr.bytes += link.sync_dir(vol["Mountpoint"], dst_mp)
             self.entry.tid = de.create(spec.name, spec.create_body())
             self.entry.save()
-            self.dst_cpdir = cp.checkpoint_dir(de, self.entry.tid, self.mid)
-            self.dst.run(["bash", "-c", 'umask 077; mkdir -p "$1"', "_", self.dst_cpdir])
             self.entry.ports = cp.open_ports(self.src, se, spec.id)
+            self.root = cp.runtime_root(self.src, spec.id)
+            self.entry.src_img = cp.image_dir(self.src, self.mid, self.memory)
+            self.entry.dst_img = cp.image_dir(self.dst, self.mid, self.memory)
+            self.dst.run(["mkdir", "-p", "-m", "0700", self.entry.dst_img])
+            self.dst_upper = Spec(de.inspect(self.entry.tid) or {}).upper_dir
+            de.docker_root  # noqa: B018 - asked now, not in the freeze window
             # Docker must not restart the frozen source on its own (two copies): its restart
             # policy is "no" until it is removed, or put back on rollback.
             policy = spec.host_config.get("RestartPolicy") or {"Name": "no"}
@@ -351,23 +343,21 @@ class Migration:
             self.entry.save()
 
     def _move(self, spec: Spec, se: Engine, de: Engine) -> None:
+        """After the freeze: volumes' deltas, then the container's own filesystem diff and the
+        CRIU images together (checked against their manifest on arrival), then the restore."""
         assert self.link is not None and self.entry is not None
-        src_cpdir = cp.checkpoint_dir(se, spec.id, self.mid)
+        e = self.entry
         with self.phase("filesystem") as pr:
-            upper_src = spec.upper_dir
-            upper_dst = Spec(de.inspect(self.entry.tid) or {}).upper_dir
-            if upper_src and upper_dst:
-                pr.bytes += self.link.copy_dir(upper_src, upper_dst, self._progress("filesystem"))
             for m in spec.named_volumes():
                 dst_mp = (de.volume_inspect(m["Name"]) or {})["Mountpoint"]
                 pr.bytes += self.link.sync_dir(m["Source"], dst_mp)
         with self.phase("transfer") as pr:
-            cp.manifest(self.src, src_cpdir)
-            pr.bytes += self.link.copy_dir(src_cpdir, self.dst_cpdir, self._progress("transfer"))
-            cp.verify_manifest(self.dst, self.dst_cpdir)
+            pairs = [(e.src_img, e.dst_img, True)]
+            if spec.upper_dir and self.dst_upper:
+                pairs.append((spec.upper_dir, self.dst_upper, False))
+            pr.bytes += self.link.copy_dirs(pairs, progress=self._progress("transfer"))
         with self.phase("restore"):
-            with cp.criu_options(self.dst, self.mid, cp.MIGRATE_CRIU_OPTS):
-                de.start(self.entry.tid, checkpoint=self.mid)
+            cp.start_from_images(self.dst, de, e.tid, e.dst_img, self.mid)
 
     def _failed(self, e: MigratorError, left: list[str], back: bool) -> MigrationReport:
         assert self.entry is not None

@@ -88,11 +88,11 @@ class Persist:
                 break
             try:
                 self.once()
-            except store.CheckpointError as e:
-                if not self.running():  # it stopped between the check and the dump
+            except MigratorError:
+                if not self._retrying("inspect", self.running):  # it stopped during the dump
                     self.say(f"{self.container} stopped; persist ends")
                     break
-                raise e
+                raise
             self.stop.wait(max(0.0, self.every - (time.monotonic() - t0)))
         return self.taken
 

@@ -124,11 +124,11 @@ def run(src: Host, dst: Host, spec: Spec, src_wd: str, dst_wd: str) -> Preflight
     upper = spec.upper_dir
     diff = int(src.run(["du", "-sb", upper], check=False).stdout.split()[0] or 0) if upper else 0
     pf.memory_bytes, pf.fs_diff_bytes = mem, diff
-    avail = mem_info(dst).get("MemAvailable", 0)
+    avail = hosts.mem_info(dst).get("MemAvailable", 0)
     pf.add(t, "memory", avail >= mem * MEM_MARGIN,
            f"{avail >> 20} MiB available, the container uses {mem >> 20} MiB; free memory or pick another")
     root = dinfo.get("DockerRootDir", "/var/lib/docker")
-    free = free_bytes(dst, root)
+    free = hosts.free_bytes(dst, root)
     need = int((mem + diff) * DISK_MARGIN)
     pf.add(t, "disk", free >= need, f"{free >> 20} MiB free in {root}, need {need >> 20} MiB")
     return pf
@@ -143,19 +143,3 @@ def port_user(host: Host, engine: Engine, port: int, proto: str = "tcp") -> str 
     flag = "-Hltn" if proto == "tcp" else "-Hlun"
     busy = host.run(["ss", flag, f"sport = :{port}"], check=False).stdout.strip()
     return "a process" if busy else None
-
-
-def mem_info(host: Host) -> dict[str, int]:
-    out = {}
-    for line in host.run(["cat", "/proc/meminfo"]).stdout.splitlines():
-        k, _, v = line.partition(":")
-        parts = v.split()
-        if parts and parts[0].isdigit():
-            out[k] = int(parts[0]) * 1024
-    return out
-
-
-def free_bytes(host: Host, path: str) -> int:
-    r = host.run(["df", "-B1", "--output=avail", path], check=False)
-    lines = r.stdout.split()
-    return int(lines[-1]) if r.ok and lines and lines[-1].isdigit() else 0

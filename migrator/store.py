@@ -92,17 +92,16 @@ def create(host: Host, container: str, name: str | None = None, *, leave_running
                   'rm -rf "$1"/.tmp-* && mkdir "$2"', "_", base, tmp])
         if host.ok(["test", "-e", final]):
             raise CheckpointError(f"{host.name}: checkpoint {name} of {spec.name} exists already")
-        with cp.criu_options(host, name, cp.MIGRATE_CRIU_OPTS):
-            eng.checkpoint_create(spec.id, "criu", exit=not leave_running, checkpoint_dir=tmp)
+        cp.dump(host, spec.id, f"{tmp}/criu", root=cp.runtime_root(host, spec.id), leave_running=leave_running)
         if spec.upper_dir:
             host.run(shell.pipeline([*shell.TAR, "-C", spec.upper_dir, "-cf", "-", "."],
                                     ["zstd", "-1", "-T0", "-q", "-f", "-o", f"{tmp}/fs.tar.zst"]))
         host.put(json.dumps(spec.inspect).encode(), f"{tmp}/config.json")
-        cp.manifest(host, tmp)
         size = int(host.run(["du", "-sb", tmp]).stdout.split()[0])
         meta = {"container": spec.name, "name": name, "created": time.time(), "size": size,
                 "image": spec.image_ref, "image_id": spec.image_id, "source_host": host.name}
         host.put(json.dumps(meta).encode(), f"{tmp}/meta.json")
+        cp.manifest(host, tmp)
         if keep is not None:
             prune(host, spec.name, keep - 1)
         host.run(["bash", "-c", 'chmod -R go-rwx "$1" && mv -T "$1" "$2"', "_", tmp, final])
@@ -173,8 +172,7 @@ def replicate(src: Host, dst: Host, stored: Stored, relay: bool = False, keep: i
         dst.run(["bash", "-c", 'umask 077; mkdir -p "$1" && chmod 0700 "$1" "$(dirname "$1")" && '
                  'rm -rf "$2" && mkdir "$2"', "_", base, tmp])
         link = open_link(src, dst, mid, swd, relay_only=relay)
-        link.copy_dir(stored.path, tmp)
-        cp.verify_manifest(dst, tmp)
+        link.copy_dir(stored.path, tmp, verify=True)
         if keep is not None:
             prune(dst, stored.container, keep - 1)
         dst.run(["bash", "-c", 'rm -rf "$2" && mv -T "$1" "$2"', "_", tmp, final])
@@ -203,15 +201,10 @@ def start_from(host: Host, directory: str, name: str, body: dict[str, Any],
         if upper and host.ok(["test", "-f", f"{directory}/fs.tar.zst"]):
             host.run(shell.pipeline(["zstd", "-d", "-q", "-c", f"{directory}/fs.tar.zst"],
                                     [*shell.TAR, "-C", upper, "-xpf", "-"]))
-        cpname = f"restore-{int(time.time())}"
-        dest = cp.checkpoint_dir(eng, tid, cpname)
-        host.run(["bash", "-c", 'umask 077; mkdir -p "$2" && cp -a "$1/criu/." "$2/"', "_", directory, dest])
-        with cp.criu_options(host, cpname, cp.MIGRATE_CRIU_OPTS):
-            eng.start(tid, checkpoint=cpname)
+        cp.start_from_images(host, eng, tid, f"{directory}/criu", f"restore-{int(time.time())}")
         if not cp.answers(host, eng, tid, [], timeout=20):
             raise CheckpointError(f"{host.name}: {name} did not stay up after the restore",
                                   hint=f"`docker logs {name}` on {host.name}")
-        eng.checkpoint_delete(tid, cpname)
     except MigratorError:
         eng.remove_container(tid)
         raise

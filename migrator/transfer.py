@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import shell
+from .checkpoint import verify_argv
 from .engine import Engine
 from .errors import CommandError, MigratorError
 from .transport import Host, relay
@@ -34,6 +35,8 @@ class TransferError(MigratorError):
 
 # dd between the compressor and ssh counts the bytes on the wire ("N bytes ... copied").
 _COUNT = ["dd", "bs=1M"]
+_ZSTD = ["zstd", "-1", "-T0", "-q", "-c"]  # its frames carry a checksum that `zstd -d` verifies
+_UNZSTD = ["zstd", "-d", "-q", "-c"]
 _COUNTED = re.compile(r"^(\d+) bytes .*copied", re.M)
 
 
@@ -58,36 +61,56 @@ class Link:
                 "-o", "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr",
                 "-p", str(s.port), "-l", s.user, s.address]
 
+    def _remote(self, consumer: list[list[str]], then: list[str] | None) -> str:
+        cmd = shell.join(shell.pipeline(*consumer))
+        return cmd + (" && " + shell.join(then) if then else "")
+
+    def _check(self, what: str, ok: bool, host: str, stderr: str) -> None:
+        if not ok:
+            raise TransferError(f"{what}: {self.src.name} -> {self.dst.name} failed on {host}: {_last(stderr)}")
+
     def pipe(self, producer: list[list[str]], consumer: list[list[str]], what: str,
-             progress: Progress | None = None) -> int:
-        """Run producer stages on src, consumer stages on dst, stdout into stdin, compressed
-        on the wire; returns the bytes that crossed it."""
-        producer = [*producer, ["zstd", "-1", "-T0", "-q", "-c"]]
-        consumer = [["zstd", "-d", "-q", "-c"], *consumer]
+             progress: Progress | None = None, then: list[str] | None = None) -> int:
+        """Run producer stages on src, consumer stages (then `then`) on dst, stdout into
+        stdin, compressed on the wire; returns the bytes that crossed it."""
+        return self.pipes([(producer, consumer, then)], what, progress)
+
+    def pipes(self, jobs: list[tuple[list[list[str]], list[list[str]], list[str] | None]], what: str,
+              progress: Progress | None = None) -> int:
+        """Several pipes at once: in one command on the source when direct (one round trip
+        from here, the copies in parallel), one after the other when relayed."""
+        sent = 0
         if self.direct:
-            remote = shell.join(shell.pipeline(*consumer))
-            r = self.src.run(shell.pipeline(*producer, _COUNT, [*self._ssh_argv(), remote]),
-                             check=False, timeout=None)
-            if not r.ok:
-                raise TransferError(f"{what}: {self.src.name} -> {self.dst.name} failed: {_last(r.stderr)}")
-            m = _COUNTED.search(r.stderr)
-            sent = int(m.group(1)) if m else 0
+            parts = []
+            for producer, consumer, then in jobs:
+                stages = [*producer, _ZSTD, _COUNT, [*self._ssh_argv(), self._remote([_UNZSTD, *consumer], then)]]
+                parts.append("( set -o pipefail; " + " | ".join(shell.join(c) for c in stages) + " ) & pids+=($!); ")
+            script = "pids=(); " + "".join(parts) + 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc'
+            r = self.src.run(["bash", "-c", script], check=False, timeout=None)
+            self._check(what, r.ok, self.src.name, r.stderr)
+            sent = sum(int(n) for n in _COUNTED.findall(r.stderr))
             if progress:
                 progress(sent)
         else:
-            sent, rs, rd = relay(self.src.open(shell.pipeline(*producer)),
-                                 self.dst.open(shell.pipeline(*consumer)), progress)
-            for r in (rs, rd):
-                if not r.ok:
-                    raise TransferError(f"{what}: relay {self.src.name} -> {self.dst.name} failed on "
-                                        f"{r.host}: {_last(r.stderr)}")
+            for producer, consumer, then in jobs:
+                n, rs, rd = relay(self.src.open(shell.pipeline(*producer, _ZSTD)),
+                                  self.dst.open(["bash", "-c", self._remote([_UNZSTD, *consumer], then)]),
+                                  progress)
+                for r in (rs, rd):
+                    self._check(what, r.ok, r.host, r.stderr)
+                sent += n
         self.bytes_sent += sent
         return sent
 
-    def copy_dir(self, src_dir: str, dst_dir: str, progress: Progress | None = None) -> int:
-        """Copy the contents of src_dir into dst_dir (which must exist)."""
-        return self.pipe([[*shell.TAR, "-C", src_dir, "-cf", "-", "."]],
-                         [[*shell.TAR, "-C", dst_dir, "-xpf", "-"]], f"copy {src_dir}", progress)
+    def copy_dirs(self, pairs: list[tuple[str, str, bool]], progress: Progress | None = None) -> int:
+        """Copy the contents of each src dir into its dst dir (which must exist); where the
+        flag is set, the receiving side checks the copy against its MANIFEST to succeed."""
+        jobs = [([[*shell.TAR, "-C", s, "-cf", "-", "."]], [[*shell.TAR, "-C", d, "-xpf", "-"]],
+                 verify_argv(d) if verify else None) for s, d, verify in pairs]
+        return self.pipes(jobs, "copy " + ", ".join(s for s, _, _ in pairs), progress)
+
+    def copy_dir(self, src_dir: str, dst_dir: str, progress: Progress | None = None, verify: bool = False) -> int:
+        return self.copy_dirs([(src_dir, dst_dir, verify)], progress)
 
     def sync_dir(self, src_dir: str, dst_dir: str) -> int:
         """Make dst_dir equal src_dir (rsync, deltas only) when direct; a full copy if relayed."""

@@ -1,0 +1,269 @@
+"""`make bench`: downtime and total time of moving a Redis lab1 -> lab2, by method, measured
+in one run on the lab. Writes bench/results/<date>.json, a markdown table and a PNG plot.
+
+Methods:
+- seed:     the seed article's flow: `docker checkpoint create` to a directory, `docker
+            commit`, `docker save | docker load` of the whole image and the checkpoint
+            through the controller, create, place the checkpoint, `docker start --checkpoint`
+            (with tcp-close/skip-in-flight in runc.conf: without them a dump with clients fails);
+- migrator: `migrator migrate`;
+- floor:    CRIU's own time for that container: the dump (runc into tmpfs, from CRIU's
+            dump.log) plus the restore (from CRIU's restore.log), on one host, no transfer.
+
+Downtime is what a client sees: a probe GETs a key every 5 ms wherever the service is (old
+or new address); downtime is the longest gap between two correct answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from migrator import checkpoint as cp  # noqa: E402
+from migrator.container import Spec  # noqa: E402
+from migrator.engine import Engine  # noqa: E402
+from migrator.inventory import Inventory, load  # noqa: E402
+from migrator.lab import Lab  # noqa: E402
+from migrator.migrate import Migration  # noqa: E402
+from migrator.transport import Host, relay, wait_for  # noqa: E402
+
+NAME = "bench-redis"
+PORT = 6379
+VALUE = 1024
+BENCH_DIR = "/var/lib/migrator/bench"
+TS_RE = re.compile(r"^\((\d+\.\d+)\)", re.M)
+
+
+class Probe:
+    """GET a key every 5 ms at the first address that answers; record answer times."""
+
+    def __init__(self, addrs: list[str]) -> None:
+        self.addrs = addrs
+        self.ok_times: list[float] = []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self) -> None:
+        conns = [redis.Redis(a, PORT, socket_timeout=0.2, socket_connect_timeout=0.2) for a in self.addrs]
+        while not self.stop.is_set():
+            for c in conns:
+                try:
+                    if c.get("probe") == b"ok":
+                        self.ok_times.append(time.monotonic())
+                        break
+                except redis.RedisError:
+                    c.connection_pool.disconnect()
+            time.sleep(0.005)
+
+    def __enter__(self) -> Probe:
+        self.t.start()
+        assert wait_for(lambda: len(self.ok_times) > 3, 10), "probe never got an answer"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)
+        self.stop.set()
+        self.t.join(5)
+
+    def downtime(self) -> float:
+        ts = self.ok_times
+        return max((b - a for a, b in zip(ts, ts[1:], strict=False)), default=0.0)
+
+
+def fill(addr: str, mib: int) -> None:
+    r = redis.Redis(addr, PORT)
+    assert wait_for(lambda: r.ping(), 20)
+    n = mib * 1024 * 1024 // VALUE
+    p = r.pipeline(transaction=False)
+    for i in range(n):
+        p.set(f"k{i}", os.urandom(VALUE))
+        if i % 5000 == 4999:
+            p.execute()
+    p.set("probe", "ok")
+    p.execute()
+
+
+def start_redis(h: Host, mib: int) -> None:
+    h.run(["docker", "rm", "-f", NAME], check=False)
+    h.run(["docker", "run", "-d", "--name", NAME, "-p", f"{PORT}:6379", "lab/redis"])
+    fill(h.spec.address, mib)
+
+
+def used_memory(addr: str) -> int:
+    return int(redis.Redis(addr, PORT).info("memory")["used_memory"])
+
+
+def crui_seconds(log: str) -> float:
+    ts = TS_RE.findall(log)
+    return float(ts[-1]) if ts else 0.0
+
+
+def seed_flow(src: Host, dst: Host) -> dict[str, Any]:
+    """The article's stop-and-copy, through the controller, uncompressed."""
+    se, de = Engine(src), Engine(dst)
+    spec = Spec(se.inspect(NAME) or {})
+    img = f"bench/{NAME}:seed"
+    for h in (src, dst):
+        h.run(["bash", "-c", f"rm -rf {BENCH_DIR}/seed && mkdir -p -m 0700 {BENCH_DIR}/seed"])
+    t0 = time.monotonic()
+    cp.criu_run(src, "seed checkpoint", ["docker", "checkpoint", "create", "--checkpoint-dir", f"{BENCH_DIR}/seed",
+                                         NAME, "cp1"])
+    t_ck = time.monotonic()
+    src.run(["docker", "commit", NAME, img])
+    t_commit = time.monotonic()
+    n_img, *_ = relay(src.open(["docker", "save", img]), dst.open(["docker", "load", "-q"]))
+    t_img = time.monotonic()
+    n_cp, *_ = relay(src.open(["tar", "-C", f"{BENCH_DIR}/seed", "-cf", "-", "cp1"]),
+                     dst.open(["tar", "-C", f"{BENCH_DIR}/seed", "-xf", "-"]))
+    t_cp = time.monotonic()
+    body = spec.create_body()
+    body["Image"] = img
+    tid = de.create(NAME, body)
+    cpdir = cp.checkpoint_dir(de, tid, "cp1")
+    dst.run(["bash", "-c", 'mkdir -p "$(dirname "$2")" && cp -a "$1" "$2"', "_", f"{BENCH_DIR}/seed/cp1", cpdir])
+    cp.criu_run(dst, "seed restore", ["docker", "start", "--checkpoint", "cp1", NAME])
+    t_start = time.monotonic()
+    se.remove_container(spec.id)
+    for h in (src, dst):
+        h.run(["rm", "-rf", f"{BENCH_DIR}/seed"])
+    src.run(["docker", "rmi", img], check=False)
+    return {"bytes_sent": n_img + n_cp, "phases": {
+        "checkpoint": t_ck - t0, "commit": t_commit - t_ck, "save_load": t_img - t_commit,
+        "copy_checkpoint": t_cp - t_img, "create_start": t_start - t_cp}, "total_s": t_start - t0}
+
+
+def migrator_flow(inv: Inventory, src: str, dst: str) -> dict[str, Any]:
+    rep = Migration(inv, NAME, src, dst).run()
+    return {"bytes_sent": rep.bytes_sent, "phases": {p.name: p.seconds for p in rep.phases},
+            "total_s": rep.total_s, "reported_downtime_s": rep.downtime_s}
+
+
+def floor(h: Host) -> dict[str, Any]:
+    """CRIU's own dump + restore time, on one host, pages in tmpfs, no transfer."""
+    e = Engine(h)
+    spec = Spec(e.inspect(NAME) or {})
+    op = "bench-floor"
+    cp.remove_workdir(h, op)
+    cp.make_workdir(h, op)
+    img = f"{cp.SHM_DIR}/{op}/img"
+    cp.dump(h, spec.id, img, root=cp.runtime_root(h, spec.id))
+    dump_s = crui_seconds(h.run(["cat", f"{cp.SHM_DIR}/{op}/criu-work/dump.log"]).stdout)
+    log = f"{cp.workdir(op)}/restore.log"
+    cp.criu_run(h, "floor restore", ["bash", "-c", cp._PLACE_AND_START, "place", img,
+                                     cp.checkpoint_dir(e, spec.id, op), op, spec.id],
+                options=[*cp.MIGRATE_CRIU_OPTS, f"log-file {log}"])
+    restore_s = crui_seconds(h.run(["cat", log]).stdout)
+    cp.remove_workdir(h, op)
+    return {"dump_s": dump_s, "restore_s": restore_s, "total_s": dump_s + restore_s}
+
+
+def run(sizes: list[int], methods: list[str], out_dir: Path) -> dict[str, Any]:
+    lab = Lab()
+    lab.up(3, ROOT / "inventory" / "lab.yaml")
+    inv = load(ROOT / "inventory" / "lab.yaml")
+    a, b = Host(inv.host("lab1")), Host(inv.host("lab2"))
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": os.uname().nodename,
+                               "cpus": os.cpu_count(), "runs": []}
+    for mib in sizes:
+        for h in (a, b):
+            h.run(["docker", "rm", "-f", NAME], check=False)
+        start_redis(a, mib)
+        mem = used_memory(a.spec.address)
+        where = a
+        for method in methods:
+            other = b if where is a else a
+            print(f"[{mib} MiB] {method} {where.name} -> {other.name if method != 'floor' else where.name}",
+                  flush=True)
+            with Probe([where.spec.address, other.spec.address]) as probe:
+                if method == "seed":
+                    res = seed_flow(where, other)
+                elif method == "migrator":
+                    res = migrator_flow(inv, where.name, other.name)
+                else:
+                    res = floor(where)
+            if method != "floor":
+                res["downtime_s"] = probe.downtime()
+                where = other
+            else:
+                res["downtime_s"] = res["total_s"]
+            ok = redis.Redis(where.spec.address, PORT).dbsize() >= mib * 1024 * 1024 // VALUE
+            results["runs"].append({"size_mib": mib, "used_memory": mem, "method": method, "data_ok": ok, **res})
+            print(f"    downtime {res['downtime_s']:.2f} s, total {res['total_s']:.2f} s, data ok: {ok}", flush=True)
+        where.run(["docker", "rm", "-f", NAME], check=False)
+    a.close()
+    b.close()
+    write(results, out_dir)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = ["| size | method | downtime (s) | total (s) | bytes sent | vs seed downtime | vs floor |",
+            "|---|---|---|---|---|---|---|"]
+    by = {(r["size_mib"], r["method"]): r for r in results["runs"]}
+    for r in results["runs"]:
+        seed = by.get((r["size_mib"], "seed"))
+        fl = by.get((r["size_mib"], "floor"))
+        vs_seed = f"{r['downtime_s'] / seed['downtime_s']:.2f}x" if seed and seed["downtime_s"] else "-"
+        vs_floor = f"{r['downtime_s'] / fl['downtime_s']:.2f}x" if fl and fl["downtime_s"] else "-"
+        sent = f"{r.get('bytes_sent', 0) / 1048576:.1f} MiB" if "bytes_sent" in r else "-"
+        rows.append(f"| {r['size_mib']} MiB | {r['method']} | {r['downtime_s']:.2f} | {r['total_s']:.2f} | {sent} "
+                    f"| {vs_seed} | {vs_floor} |")
+    return "\n".join(rows) + "\n"
+
+
+def write(results: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / results["date"].replace(":", "")
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    stem.with_suffix(".md").write_text(f"Benchmark {results['date']} ({results['cpus']} CPUs)\n\n" + table(results))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in sorted({r["method"] for r in results["runs"]}):
+        pts = sorted((r["size_mib"], r["downtime_s"]) for r in results["runs"] if r["method"] == method)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+    ax.set_xlabel("Redis data (MiB)")
+    ax.set_ylabel("downtime seen by a client (s)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title("Moving Redis lab1 -> lab2")
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    for ext in (".json", ".md", ".png"):
+        latest = out_dir / f"latest{ext}"
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(stem.with_suffix(ext).name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="64,256,1024", help="MiB of Redis data, comma-separated")
+    ap.add_argument("--methods", default="seed,migrator,floor")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    res = run([int(x) for x in args.sizes.split(",")], args.methods.split(","), Path(args.out))
+    print(table(res))
+
+
+if __name__ == "__main__":
+    main()

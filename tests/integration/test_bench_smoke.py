@@ -1,0 +1,27 @@
+"""The benchmark's smoke run: tiny size, every method, files written. Not a timed test:
+it asserts that the benchmark works and the data survives every method, not any speed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from conftest import ROOT, LabHost
+
+sys.path.insert(0, str(ROOT / "bench"))
+import run as bench  # noqa: E402
+
+
+def test_bench_smoke(hosts: dict[str, LabHost], tmp_path: Path) -> None:
+    res = bench.run([8], ["seed", "migrator", "floor"], tmp_path)
+    runs = {r["method"]: r for r in res["runs"]}
+    assert set(runs) == {"seed", "migrator", "floor"}
+    for r in runs.values():
+        assert r["data_ok"], r
+        assert r["downtime_s"] > 0 and r["total_s"] > 0
+    assert runs["floor"]["dump_s"] > 0 and runs["floor"]["restore_s"] > 0
+    files = {p.suffix for p in tmp_path.iterdir() if not p.name.startswith("latest")}
+    assert files == {".json", ".md", ".png"}
+    assert json.loads(next(tmp_path.glob("2*.json")).read_text())["runs"]
+    assert "| 8 MiB | migrator |" in next(tmp_path.glob("2*.md")).read_text()
