@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,7 +58,9 @@ class Probe:
         self.t = threading.Thread(target=self.loop, daemon=True)
 
     def loop(self) -> None:
-        conns = [redis.Redis(a, PORT, socket_timeout=0.2, socket_connect_timeout=0.2) for a in self.addrs]
+        # No client-side retries or backoff: the probe measures the service, not redis-py's policy.
+        conns = [redis.Redis(a, PORT, socket_timeout=0.2, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+                 for a in self.addrs]
         while not self.stop.is_set():
             for c in conns:
                 try:

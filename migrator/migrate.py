@@ -23,7 +23,7 @@ from .container import Spec, validate_name
 from .engine import Engine
 from .errors import LockedError, MigrationFailed, MigratorError, PreflightError, RollbackFailed
 from .inventory import Inventory
-from .transfer import Link, open_link, remove_key, ship_image
+from .transfer import Link, open_link, remove_key, ship_image, stop_master, worth_compressing
 from .transport import Host
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class Sides:
         left = []
         for what, fn in [
             ("transfer key", lambda: remove_key(self.dst, self.e.mid)),
+            ("transfer connection", lambda: stop_master(self.src, cp.workdir(self.e.mid))),
             (f"{self.src.name}: work dir", lambda: cp.remove_workdir(self.src, self.e.mid)),
             (f"{self.dst.name}: work dir", lambda: cp.remove_workdir(self.dst, self.e.mid)),
             (f"{self.src.name}: lock", lambda: cp.release_lock(self.src, self.e.container_id)),
@@ -206,6 +207,7 @@ class Migration:
         self.report = MigrationReport(self.mid, self.container, source, target)
         self.entry: journal.Entry | None = None
         self.link: Link | None = None
+        self.sample: tuple[int, int, float] | None = None  # how the pages compress (from the dump)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[PhaseReport]:
@@ -286,7 +288,7 @@ class Migration:
             self._presync(spec, se, de, swd)
             with self.phase("freeze"):
                 t_freeze = time.monotonic()
-                cp.dump(self.src, spec.id, self.entry.src_img, root=self.root)
+                self.sample = cp.dump(self.src, spec.id, self.entry.src_img, root=self.root)
             self._move(spec, se, de)
             with self.phase("verify"):
                 if not cp.answers(self.dst, de, spec.name, self.entry.ports, timeout=30):
@@ -308,6 +310,7 @@ class Migration:
         with self.phase("presync") as pr:
             self.link = link = open_link(self.src, self.dst, self.mid, swd, relay_only=self.relay_only)
             self.report.transfer = "direct" if link.direct else "relay"
+            link.measure()
             self.emit(Event("info", "presync", f"transfer {self.report.transfer}"))
             if not de.image_exists(spec.image_id):
                 self.record(kind="image", id=spec.image_id)
@@ -355,7 +358,10 @@ class Migration:
             pairs = [(e.src_img, e.dst_img, True)]
             if spec.upper_dir and self.dst_upper:
                 pairs.append((spec.upper_dir, self.dst_upper, False))
-            pr.bytes += self.link.copy_dirs(pairs, progress=self._progress("transfer"))
+            compress = worth_compressing(*self.sample, self.link.bps) if self.sample else True
+            self.emit(Event("info", "transfer", "compressed" if compress else "not compressed (pages do not "
+                            "shrink, or the link outruns the compressor)"))
+            pr.bytes += self.link.copy_dirs(pairs, progress=self._progress("transfer"), compress=compress)
         with self.phase("restore"):
             cp.start_from_images(self.dst, de, e.tid, e.dst_img, self.mid)
 

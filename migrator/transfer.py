@@ -41,6 +41,25 @@ _COUNTED = re.compile(r"^(\d+) bytes .*copied", re.M)
 
 
 @dataclass
+class Job:
+    producer: list[list[str]]
+    consumer: list[list[str]]
+    then: list[str] | None = None  # run on the receiving side after the consumer succeeded
+    compress: bool = True
+
+
+def worth_compressing(raw: int, packed: int, seconds: float, link_bps: float) -> bool:
+    """Compress when it saves bytes and the compressor outruns the link: pipelined, the copy
+    then takes max(size/compressor, size*ratio/link) instead of size/link. From a sample of
+    the pages (random data does not shrink; a Redis of text shrinks a lot)."""
+    if raw <= 0 or link_bps <= 0:
+        return True
+    ratio = packed / raw
+    speed = raw / seconds if seconds > 0 else float("inf")
+    return ratio < 0.9 and speed > 1.2 * link_bps * ratio
+
+
+@dataclass
 class Link:
     """A way to move data from `src` to `dst`, opened with `open_link`."""
 
@@ -52,12 +71,14 @@ class Link:
     _key_path: str = ""
     _known_hosts: str = ""
     bytes_sent: int = 0
+    bps: float = 0.0  # measured throughput of the direct path
 
     def _ssh_argv(self) -> list[str]:
         s = self.dst.spec
         return ["ssh", "-i", self._key_path, "-o", f"UserKnownHostsFile={self._known_hosts}",
                 "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
                 "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=10",
+                "-o", f"ControlPath={self.workdir}/ctl",
                 "-o", "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr",
                 "-p", str(s.port), "-l", s.user, s.address]
 
@@ -70,20 +91,20 @@ class Link:
             raise TransferError(f"{what}: {self.src.name} -> {self.dst.name} failed on {host}: {_last(stderr)}")
 
     def pipe(self, producer: list[list[str]], consumer: list[list[str]], what: str,
-             progress: Progress | None = None, then: list[str] | None = None) -> int:
-        """Run producer stages on src, consumer stages (then `then`) on dst, stdout into
-        stdin, compressed on the wire; returns the bytes that crossed it."""
-        return self.pipes([(producer, consumer, then)], what, progress)
+             progress: Progress | None = None) -> int:
+        """Run producer stages on src, consumer stages on dst, stdout into stdin, compressed
+        on the wire; returns the bytes that crossed it."""
+        return self.pipes([Job(producer, consumer)], what, progress)
 
-    def pipes(self, jobs: list[tuple[list[list[str]], list[list[str]], list[str] | None]], what: str,
-              progress: Progress | None = None) -> int:
+    def pipes(self, jobs: list[Job], what: str, progress: Progress | None = None) -> int:
         """Several pipes at once: in one command on the source when direct (one round trip
         from here, the copies in parallel), one after the other when relayed."""
         sent = 0
         if self.direct:
             parts = []
-            for producer, consumer, then in jobs:
-                stages = [*producer, _ZSTD, _COUNT, [*self._ssh_argv(), self._remote([_UNZSTD, *consumer], then)]]
+            for j in jobs:
+                stages = [*j.producer, *([_ZSTD] if j.compress else []), _COUNT,
+                          [*self._ssh_argv(), self._remote([*([_UNZSTD] if j.compress else []), *j.consumer], j.then)]]
                 parts.append("( set -o pipefail; " + " | ".join(shell.join(c) for c in stages) + " ) & pids+=($!); ")
             script = "pids=(); " + "".join(parts) + 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc'
             r = self.src.run(["bash", "-c", script], check=False, timeout=None)
@@ -91,10 +112,10 @@ class Link:
             sent = sum(int(n) for n in _COUNTED.findall(r.stderr))
             if progress:
                 progress(sent)
-        else:
-            for producer, consumer, then in jobs:
-                n, rs, rd = relay(self.src.open(shell.pipeline(*producer, _ZSTD)),
-                                  self.dst.open(["bash", "-c", self._remote([_UNZSTD, *consumer], then)]),
+        else:  # through this machine, usually a slower path: always compressed
+            for j in jobs:
+                n, rs, rd = relay(self.src.open(shell.pipeline(*j.producer, _ZSTD)),
+                                  self.dst.open(["bash", "-c", self._remote([_UNZSTD, *j.consumer], j.then)]),
                                   progress)
                 for r in (rs, rd):
                     self._check(what, r.ok, r.host, r.stderr)
@@ -102,15 +123,32 @@ class Link:
         self.bytes_sent += sent
         return sent
 
-    def copy_dirs(self, pairs: list[tuple[str, str, bool]], progress: Progress | None = None) -> int:
+    def copy_dirs(self, pairs: list[tuple[str, str, bool]], progress: Progress | None = None,
+                  compress: bool = True) -> int:
         """Copy the contents of each src dir into its dst dir (which must exist); where the
-        flag is set, the receiving side checks the copy against its MANIFEST to succeed."""
-        jobs = [([[*shell.TAR, "-C", s, "-cf", "-", "."]], [[*shell.TAR, "-C", d, "-xpf", "-"]],
-                 verify_argv(d) if verify else None) for s, d, verify in pairs]
+        flag is set, the receiving side checks the copy against its MANIFEST to succeed.
+        `compress` applies to the verified (checkpoint) copies; the others are always compressed."""
+        jobs = [Job([[*shell.TAR, "-C", s, "-cf", "-", "."]], [[*shell.TAR, "-C", d, "-xpf", "-"]],
+                    verify_argv(d) if verify else None, compress or not verify) for s, d, verify in pairs]
         return self.pipes(jobs, "copy " + ", ".join(s for s, _, _ in pairs), progress)
 
     def copy_dir(self, src_dir: str, dst_dir: str, progress: Progress | None = None, verify: bool = False) -> int:
         return self.copy_dirs([(src_dir, dst_dir, verify)], progress)
+
+    def measure(self, mib: int = 128) -> float:
+        """The direct path's throughput in bytes/s: `mib` MiB of zeros (ssh does not
+        compress), less the time an ssh connection takes to set up, measured alongside."""
+        if not self.direct:
+            return 0.0
+        ssh = shell.join(self._ssh_argv())
+        script = (f"s=$(date +%s%N); {ssh} true || exit 1; m=$(date +%s%N); "
+                  f"dd if=/dev/zero bs=1M count={int(mib)} status=none | {ssh} 'cat > /dev/null' || exit 1; "
+                  "e=$(date +%s%N); echo $(( m - s )) $(( e - m ))")
+        r = self.src.run(["bash", "-c", script], check=False, timeout=120)
+        parts = r.stdout.split()
+        if r.ok and len(parts) == 2 and int(parts[1]) > int(parts[0]):
+            self.bps = mib * 1048576 / ((int(parts[1]) - int(parts[0])) / 1e9)
+        return self.bps
 
     def sync_dir(self, src_dir: str, dst_dir: str) -> int:
         """Make dst_dir equal src_dir (rsync, deltas only) when direct; a full copy if relayed."""
@@ -136,6 +174,7 @@ class Link:
         if not self.direct and not self._key_path:
             return
         remove_key(self.dst, self.mid)
+        stop_master(self.src, self.workdir)
         self.src.run(["rm", "-f", self._key_path, self._known_hosts], check=False)
         self._key_path = ""
         self.direct = False
@@ -148,6 +187,12 @@ def _last(text: str) -> str:
 
 def key_comment(mid: str) -> str:
     return f"migrator-transfer-{mid}"
+
+
+def stop_master(host: Host, workdir: str) -> None:
+    """End the source's multiplexing ssh master of this transfer, if one runs."""
+    host.run(["bash", "-c", '[ ! -S "$1/ctl" ] || ssh -o ControlPath="$1/ctl" -O exit migrator-target 2>/dev/null',
+              "_", workdir], check=False)
 
 
 def remove_key(host: Host, mid: str) -> None:
@@ -182,7 +227,11 @@ def open_link(src: Host, dst: Host, mid: str, workdir: str, *, relay_only: bool 
              'umask 077; mkdir -p "$HOME/.ssh"; printf "%s\\n" "$1" >> "$HOME/.ssh/authorized_keys"',
              "_", line])
     try:
-        r = src.run([*link._ssh_argv(), "true"], check=False, timeout=30)
+        # One ssh connection for every copy of this transfer (no handshake in the freeze
+        # window): a master in the background, its stdio detached so this command returns.
+        ssh = link._ssh_argv()
+        r = src.run(["bash", "-c", shell.join([*ssh[:-1], "-M", "-f", "-N", "-o", "ControlPersist=600", ssh[-1]])
+                     + " </dev/null >/dev/null 2>&1; " + shell.join([*ssh, "true"])], check=False, timeout=30)
     except CommandError:
         r = None
     if r is not None and r.ok:
