@@ -262,6 +262,13 @@ def start_from_images(host: Host, engine: Engine, container_id: str, img: str, n
              ["bash", "-c", _PLACE_AND_START, "place", img, cpdir, name, container_id])
 
 
+def thaw(host: Host, container_id: str) -> None:
+    """Resume a container a dead CRIU left frozen (runc's freezer); harmless when running."""
+    root = runtime_root(host, container_id)
+    if root:
+        host.run(["runc", "--root", root, "resume", container_id], check=False)
+
+
 def unlock_network(host: Host, pid: int) -> bool:
     """Remove a network lock CRIU left in the container's netns (a failed dump leaves the
     container "Up" but cut off). Returns True when one was found."""

@@ -202,7 +202,7 @@ def recover_cmd(
         out.print(t)
     if any(r.outcome == "failed" for r in results):
         raise typer.Exit(int(ExitCode.FAILED_NOT_ROLLED_BACK))
-    if any(r.outcome == "running" for r in results):
+    if any(r.outcome == "running" or r.notes for r in results):  # something is still to do: run it again later
         raise typer.Exit(int(ExitCode.FAILED_ROLLED_BACK))
 
 

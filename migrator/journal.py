@@ -40,6 +40,7 @@ class Entry:
     phase: str = "resolve"
     tid: str = ""
     ports: list[int] = field(default_factory=list)
+    target_started: bool = False  # the target copy was (being) started: it may run
     src_img: str = ""  # where the source's CRIU images are (to restore it on rollback)
     dst_img: str = ""
     # What was made or changed, in order, so it can be undone by anyone who reads this.
@@ -90,6 +91,6 @@ def unfinished(source: str, container: str) -> Entry | None:
     """An unfinished operation on this container (by name or id) whose process is gone."""
     for e in load_all():
         mine = container == e.container or (len(container) >= 12 and e.container_id.startswith(container))
-        if e.source == source and mine and not e.alive():
+        if e.source == source and mine and not e.alive() and e.phase != "cleanup-pending":
             return e
     return None

@@ -27,6 +27,7 @@ from .transfer import Link, open_link, remove_key, ship_image, stop_master, wort
 from .transport import Host
 
 log = logging.getLogger(__name__)
+PENDING_CLEANUP = "cleanup-pending"  # rolled back, the source runs; leftovers to remove
 PHASES = ["resolve", "preflight", "presync", "freeze", "filesystem", "transfer", "restore", "verify",
           "cleanup"]
 
@@ -80,6 +81,7 @@ class Sides:
     def __init__(self, entry: journal.Entry, src: Host, dst: Host) -> None:
         self.e, self.src, self.dst = entry, src, dst
         self.se, self.de = Engine(src), Engine(dst)
+        self.restored = False  # the source was started again from its checkpoint images
 
     def _undo(self, rec: dict[str, Any]) -> None:
         kind = rec["kind"]
@@ -131,40 +133,64 @@ class Sides:
                 warnings.append(f"cleanup of {self.src.name}: container {self.e.container} failed: {ex}")
         return warnings + self.common_cleanup()
 
-    def roll_back(self) -> tuple[bool, list[str]]:
-        """Target copy gone, source running again (from its checkpoint if it was frozen), and
-        answering. Returns (source is back, what is left over)."""
+    def remove_target_copy(self) -> tuple[bool, list[str]]:
+        """Make sure the target copy cannot run. Returns (sure, what is left over there)."""
         e, left = self.e, []
         tid = self.target_copy()
         if tid:
             try:
                 self.de.remove_container(tid)
             except MigratorError as ex:
-                if cp.runtime_stopped(self.dst, tid):
+                if not e.target_started:  # never started: it cannot run, whatever state its host is in
+                    left.append(f"{self.dst.name}: container {e.container} ({tid[:12]}) was created there and "
+                                f"never started ({ex.message})")
+                elif cp.runtime_stopped(self.dst, tid):
                     left.append(f"{self.dst.name}: container {e.container} ({tid[:12]}) is left there, "
-                                f"not running; `docker rm {e.container}` on {self.dst.name} once its "
-                                "dockerd is back")
+                                "not running (its dockerd is down)")
                 else:
                     return False, [f"{self.dst.name}: container {e.container} may still run ({ex}); the "
                                    f"source was NOT restarted, to never run two copies. Stop it there, then "
                                    f"run `migrator recover`"]
+        return True, left
+
+    def undo_and_clean(self) -> list[str]:
+        """Undo what was made (newest first), then the common cleanup. What is undone is
+        dropped from the journal, so a later `recover` retries only what failed."""
+        left = []
+        for rec in list(reversed(self.e.undo)):
+            try:
+                self._undo(rec)
+                self.e.undo.remove(rec)
+            except MigratorError as ex:
+                left.append(f"undo {rec}: {ex}")
+        return left + self.common_cleanup()
+
+    def roll_back(self) -> tuple[bool, list[str]]:
+        """Target copy gone, source running again (from its checkpoint if it was frozen), and
+        answering. Returns (source is back, what is left over)."""
+        e = self.e
+        safe, left = self.remove_target_copy()
+        if not safe:
+            return False, left
         restore_err: MigratorError | None = None
         info = self.se.inspect(e.container_id)
         if info is None:
             return False, left + [f"{self.src.name}: container {e.container} is gone"]
-        if not info["State"].get("Running"):
+        if info["State"].get("Running"):
+            # The dump did not complete. One that died part-way can leave the container "Up" but
+            # frozen (a frozen process still completes TCP handshakes) and behind CRIU's network
+            # lock: thaw it and remove the lock whatever a probe says; both are harmless otherwise.
+            cp.thaw(self.src, e.container_id)
+            cp.unlock_network(self.src, int(info["State"].get("Pid") or 0))
+        else:
             try:
                 if not (e.src_img and self.src.ok(["test", "-f", f"{e.src_img}/MANIFEST"])):
                     raise MigratorError("no complete checkpoint of it was made")
                 cp.start_from_images(self.src, self.se, e.container_id, e.src_img, e.mid)
+                self.restored = True
             except MigratorError as ex:
                 restore_err = ex
         back = cp.answers(self.src, self.se, e.container_id, e.ports, timeout=20)
-        if not back:  # a failed dump can leave CRIU's network lock: Up, but cut off
-            info = self.se.inspect(e.container_id) or {}
-            if info.get("State", {}).get("Running") and cp.unlock_network(
-                    self.src, int(info["State"].get("Pid") or 0)):
-                back = cp.answers(self.src, self.se, e.container_id, e.ports, timeout=20)
         if not back:
             left.append(
                 f"{self.src.name}: {e.container} is not running"
@@ -173,12 +199,7 @@ class Sides:
                 f"{self.src.name}. Once the cause is fixed, `migrator recover` tries again; or "
                 f"`docker start {e.container}` there, losing its memory state")
             return False, left
-        for rec in reversed(e.undo):
-            try:
-                self._undo(rec)
-            except MigratorError as ex:
-                left.append(f"undo {rec}: {ex}")
-        return True, left + self.common_cleanup()
+        return True, left + self.undo_and_clean()
 
 
 def _created(info: dict[str, Any]) -> float:
@@ -298,7 +319,7 @@ class Migration:
             self.emit(Event("warn", "rollback", f"{e}; rolling back"))
             with self.phase("rollback"):
                 back, left = sides.roll_back()
-            return self._failed(e, left, back)
+            return self._failed(e, left, back, sides.restored)
         with self.phase("cleanup"):
             self.report.warnings += sides.finish()
         self.entry.remove()
@@ -363,19 +384,25 @@ class Migration:
                             "shrink, or the link outruns the compressor)"))
             pr.bytes += self.link.copy_dirs(pairs, progress=self._progress("transfer"), compress=compress)
         with self.phase("restore"):
+            e.target_started = True
+            e.save()
             cp.start_from_images(self.dst, de, e.tid, e.dst_img, self.mid)
 
-    def _failed(self, e: MigratorError, left: list[str], back: bool) -> MigrationReport:
+    def _failed(self, e: MigratorError, left: list[str], back: bool, restored: bool) -> MigrationReport:
         assert self.entry is not None
         self.report.error = str(e)
         self.report.warnings += left
-        frozen = "freeze" in [p.name for p in self.report.phases]
         if back:
-            self.entry.remove()
+            if left:  # the source runs; what could not be removed yet, `recover` removes later
+                self.entry.phase = PENDING_CLEANUP
+                self.entry.save()
+                left.append("run `migrator recover` once the hosts answer, to remove these")
+            else:
+                self.entry.remove()
             self.report.status = "rolled_back"
             err: MigratorError = MigrationFailed(
                 f"migration of {self.container} {self.src.name} -> {self.dst.name} failed and was "
-                f"rolled back ({self.src.name} runs it{' from its checkpoint' if frozen else ''}): {e}"
+                f"rolled back ({self.src.name} runs it{' from its checkpoint' if restored else ''}): {e}"
                 + (f"; left over: {'; '.join(left)}" if left else ""))
         else:
             self.report.status = "failed"
@@ -398,14 +425,16 @@ class Recovered:
 
 
 def recover(inv: Inventory, only: str | None = None) -> list[Recovered]:
-    """Finish or roll back every migration whose controller died. Forward when the target
-    copy was already started and answers; otherwise back to the source."""
+    """Finish or roll back every migration whose controller died: forward when the target
+    copy was already started and answers, otherwise back to the source. Also removes what a
+    rolled-back migration could not remove while a host was unreachable. An entry stays in
+    the journal until nothing of it is left, so running this again retries what failed."""
     out = []
     for e in journal.load_all():
         if only and only not in (e.mid, e.container):
             continue
         r = Recovered(e.mid, e.container, e.source, e.target, e.phase, "failed")
-        if e.alive():
+        if e.phase != PENDING_CLEANUP and e.alive():
             r.outcome = "running"
             r.notes.append(f"its controller (pid {e.pid}) still runs")
             out.append(r)
@@ -413,21 +442,31 @@ def recover(inv: Inventory, only: str | None = None) -> list[Recovered]:
         try:
             with Host(inv.host(e.source)) as src, Host(inv.host(e.target)) as dst:
                 sides = Sides(e, src, dst)
-                forward = False
-                if e.phase in ("restore", "verify", "cleanup") and e.tid:
-                    info = sides.de.inspect(e.tid)
-                    forward = bool(info and info["State"].get("Running")) and cp.answers(
-                        dst, sides.de, e.tid, e.ports, timeout=10)
-                if forward:
-                    r.notes += sides.finish()
-                    r.outcome = "completed"
+                if e.phase == PENDING_CLEANUP:
+                    safe, left = sides.remove_target_copy()
+                    r.notes += left + (sides.undo_and_clean() if safe else [])
+                    r.outcome = "rolled_back"
                 else:
-                    back, left = sides.roll_back()
-                    r.notes += left
-                    r.outcome = "rolled_back" if back else "failed"
+                    forward = False
+                    if e.phase in ("restore", "verify", "cleanup") and e.tid:
+                        info = sides.de.inspect(e.tid)
+                        forward = bool(info and info["State"].get("Running")) and cp.answers(
+                            dst, sides.de, e.tid, e.ports, timeout=10)
+                    if forward:
+                        e.phase = "cleanup"
+                        r.notes += sides.finish()
+                        r.outcome = "completed"
+                    else:
+                        back, left = sides.roll_back()
+                        r.notes += left
+                        r.outcome = "rolled_back" if back else "failed"
+                        if back:
+                            e.phase = PENDING_CLEANUP
         except MigratorError as ex:
             r.notes.append(str(ex))
-        if r.outcome in ("completed", "rolled_back"):
+        if r.outcome in ("completed", "rolled_back") and not r.notes:
             e.remove()
+        else:
+            e.save()
         out.append(r)
     return out

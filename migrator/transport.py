@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -95,6 +96,7 @@ class Host:
             c.connect(
                 s.address,
                 port=s.port,
+                sock=_socket(s.address, s.port, self.connect_timeout),
                 username=s.user,
                 key_filename=str(s.identity_file),
                 timeout=self.connect_timeout,
@@ -279,6 +281,22 @@ def relay(
         if progress:
             progress(len(chunk))
     return sent, src.finish(), dst.finish()
+
+
+DEAD_PEER_S = 20
+
+
+def _socket(address: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection that notices a dead peer (a cut link) in about DEAD_PEER_S seconds,
+    not after minutes of retransmissions: everything waiting on it then fails, and the
+    caller can roll back instead of hanging."""
+    sock = socket.create_connection((address, port), timeout=timeout)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3),
+                       ("TCP_USER_TIMEOUT", DEAD_PEER_S * 1000)):
+        if hasattr(socket, opt):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+    return sock
 
 
 def _known_hosts_name(s: HostSpec) -> str:

@@ -4,11 +4,24 @@ instance, holding every acknowledged write, and nothing stray on either host."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from conftest import MIGRATOR, ROOT, LabHost, check_all, fill, run_cli
+import redis
+from conftest import MIGRATOR, ROOT, LabHost, check_all, fill, record, run_cli
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from migrator.errors import MigrationFailed, MigratorError
+from migrator.inventory import Inventory
+from migrator.lab import Lab
+from migrator.migrate import Event, Migration
 
 INV = ["-i", str(ROOT / "inventory" / "lab.yaml")]
 
@@ -60,6 +73,7 @@ def test_controller_killed_in_each_phase_then_recover(hosts: dict[str, LabHost],
     if where == "lab1":  # its restart policy is back
         assert a.engine.inspect("r1")["HostConfig"]["RestartPolicy"]["Name"] == "always"
     assert json.loads(run_cli("recover", "--json").stdout) == []
+    record("controller SIGKILLed, then `migrator recover`", phase, res["outcome"], hosts)
 
 
 def test_two_migrations_of_one_container_second_refused(hosts: dict[str, LabHost]) -> None:
@@ -78,3 +92,200 @@ def test_two_migrations_of_one_container_second_refused(hosts: dict[str, LabHost
     assert r.returncode == 2 and "locked by another operation" in r.stderr, r.stderr
     assert p.returncode == 0, rest
     assert assert_invariant(hosts, 5_000) == "lab2"
+    record("a second migrate of the same container", "presync", "refused by the lock; first one migrated", hosts)
+
+
+# --- faults injected during a live migration (in-process, to time them to a phase) -----------
+def _run_with(inv: Inventory, hook: Callable[[Event], None]) -> tuple[Migration, MigratorError | None]:
+    m = Migration(inv, "r1", "lab1", "lab2", events=hook)
+    try:
+        m.run()
+        return m, None
+    except MigratorError as e:
+        return m, e
+
+
+def _recover_leftovers(err: MigratorError | None) -> None:
+    """What a rollback could not remove while a host was unreachable is named in the error,
+    and `migrator recover` removes it once the host answers again."""
+    r = run_cli("recover", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for res in json.loads(r.stdout):
+        assert err is not None and "migrator recover" in str(err), str(err)
+        assert res["outcome"] == "rolled_back" and not res["notes"], res
+
+
+def test_link_to_target_cut_during_transfer(hosts: dict[str, LabHost], inv: Inventory, lab: Lab) -> None:
+    a = hosts["lab1"]
+    start_redis(a)
+    fill(a.redis(), 20_000)
+    veth = "mgv-lab2"
+
+    def hook(ev: Event) -> None:
+        if ev.kind == "phase" and ev.phase == "transfer":
+            subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+
+    try:
+        m, err = _run_with(inv, hook)
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    assert isinstance(err, MigrationFailed), err
+    assert m.report.status == "rolled_back"
+    _recover_leftovers(err)
+    assert assert_invariant(hosts, 20_000) == "lab1"
+    record("link to the target cut", "transfer", m.report.status, hosts)
+
+
+def test_target_dockerd_killed_during_restore(hosts: dict[str, LabHost], inv: Inventory, lab: Lab) -> None:
+    a = hosts["lab1"]
+    start_redis(a)
+    fill(a.redis(), 20_000)
+    h2 = lab.host("lab2")
+
+    def kill_soon() -> None:
+        time.sleep(0.2)
+        os.kill(int((Path(h2.dir) / "dockerd.pid").read_text()), signal.SIGKILL)
+
+    def hook(ev: Event) -> None:
+        if ev.kind == "phase" and ev.phase == "restore":
+            threading.Thread(target=kill_soon).start()
+
+    try:
+        m, err = _run_with(inv, hook)
+    finally:
+        lab.start_service(h2, "dockerd")
+        lab._wait_ready(h2)
+    # Either the restore finished before the kill (then it is migrated and runs on lab2),
+    # or it rolled back; never two copies, never none.
+    _recover_leftovers(err)
+    where = assert_invariant(hosts, 20_000)
+    assert (where == "lab2") == (err is None), err
+    record("target dockerd SIGKILLed during restore", "restore", m.report.status, hosts)
+
+
+def test_source_sshd_stopped_mid_migration(hosts: dict[str, LabHost], inv: Inventory, lab: Lab) -> None:
+    a = hosts["lab1"]
+    start_redis(a)
+    fill(a.redis(), 20_000)
+    h1 = lab.host("lab1")
+
+    def hook(ev: Event) -> None:
+        if ev.kind == "phase" and ev.phase == "freeze":
+            lab.stop_service(h1, "sshd")
+
+    try:
+        m, err = _run_with(inv, hook)
+    finally:
+        lab.start_service(h1, "sshd")
+    assert assert_invariant(hosts, 20_000) == ("lab2" if err is None else "lab1")
+    record("source sshd stopped (sessions open stay)", "freeze", m.report.status, hosts)
+
+
+def test_criu_killed_mid_dump_source_answers_again(hosts: dict[str, LabHost], inv: Inventory, lab: Lab) -> None:
+    """A dump that dies part-way leaves the container frozen and behind CRIU's network lock
+    ('Up', but cut off): the rollback thaws it, removes the lock and checks it answers."""
+    a = hosts["lab1"]
+    a.sh("docker", "run", "-d", "--name", "r1", "-p", "6379:6379", "lab/redis")
+    fill(a.wait_redis(), 200_000)  # a dump long enough to be caught
+    mnt = os.readlink(f"/proc/{lab.host('lab1').anchor_pid}/ns/mnt")
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not killed:
+            for pid in os.listdir("/proc"):
+                try:
+                    if (pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() == "criu"
+                            and os.readlink(f"/proc/{pid}/ns/mnt") == mnt):
+                        time.sleep(0.05)
+                        os.kill(int(pid), signal.SIGKILL)
+                        killed.append(int(pid))
+                        return
+                except OSError:
+                    continue
+            time.sleep(0.002)
+
+    def hook(ev: Event) -> None:
+        if ev.kind == "phase" and ev.phase == "freeze":
+            threading.Thread(target=killer).start()
+
+    m, err = _run_with(inv, hook)
+    assert killed, "criu was never seen"
+    assert isinstance(err, MigrationFailed), err
+    assert assert_invariant(hosts, 200_000) == "lab1"
+    a.redis().set("after", "1")  # it really answers (no network lock, not frozen)
+    record("criu SIGKILLed part-way through the dump", "freeze", m.report.status, hosts)
+
+
+def test_writes_fail_only_inside_the_reported_downtime(hosts: dict[str, LabHost], inv: Inventory) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    start_redis(a)
+    fill(a.redis(), 20_000)
+    stop = threading.Event()
+    acked: list[int] = []
+    failures: list[float] = []
+
+    def writer() -> None:
+        conns = [redis.Redis(x.address, 6379, socket_timeout=0.2, socket_connect_timeout=0.2,
+                             retry=Retry(NoBackoff(), 0)) for x in (a, b)]
+        while not stop.is_set():
+            for c in conns:
+                try:
+                    acked.append(int(c.incr("counter")))
+                    break
+                except redis.RedisError:
+                    c.connection_pool.disconnect()
+            else:
+                failures.append(time.monotonic())
+            time.sleep(0.001)
+
+    marks: dict[str, float] = {}
+
+    def hook(ev: Event) -> None:
+        marks.setdefault(f"{ev.kind}:{ev.phase}", time.monotonic())
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(0.5)
+    m, err = _run_with(inv, hook)
+    time.sleep(0.5)
+    stop.set()
+    t.join(10)
+    assert err is None, err
+    freeze = marks["phase:freeze"]
+    window = (freeze - 0.3, freeze + m.report.downtime_s + 0.3)  # one request timeout either side
+    outside = [f for f in failures if not window[0] <= f <= window[1]]
+    assert not outside, f"{len(outside)} failed writes outside the downtime {window}"
+    assert int(b.redis().get("counter") or 0) == max(acked), "no acknowledged INCR is lost"
+    record("client INCRs every ms during the move", "all", f"migrated; failures only in the "
+           f"{m.report.downtime_s:.2f} s downtime", hosts)
+
+
+def test_preflight_refuses_what_criu_cannot_move(hosts: dict[str, LabHost], tmp_path: Path) -> None:
+    a = hosts["lab1"]
+    a.sh("docker", "run", "-d", "-t", "--name", "tty", "lab/redis")
+    a.sh("mkdir", "-p", "/var/lib/migrator/bindsrc")
+    a.sh("docker", "run", "-d", "--name", "bound", "-v", "/var/lib/migrator/bindsrc:/data", "lab/redis")
+    r = run_cli("migrate", "tty", "--from", "lab1", "--to", "lab2")
+    assert r.returncode == 2 and "has a TTY" in r.stderr
+    r = run_cli("migrate", "bound", "--from", "lab1", "--to", "lab2")
+    assert r.returncode == 2 and "not moved; use named volumes" in r.stderr
+    assert a.running() == ["bound", "tty"]
+    record("container with a TTY / a bind mount", "preflight", "refused, nothing changed", hosts,
+           "none (nothing touched)")
+
+
+def test_hostile_select_label_and_unreachable_host(hosts: dict[str, LabHost], tmp_path: Path) -> None:
+    Path("/tmp/pwned").unlink(missing_ok=True)
+    r = run_cli("drain", "lab1", "--select", "a=$(touch /tmp/pwned); rm -rf /", "--dry-run")
+    assert r.returncode == 0 and not Path("/tmp/pwned").exists()
+    inv = tmp_path / "inv.yaml"
+    lab_inv = (ROOT / "inventory" / "lab.yaml").read_text()
+    inv.write_text(lab_inv.replace("hosts:\n", "hosts:\n  ghost:\n    address: 10.203.0.99\n", 1))
+    t0 = time.monotonic()
+    r = run_cli("hosts", "--json", inventory=inv)
+    assert time.monotonic() - t0 < 40, "an unreachable host is a timeout, not a hang"
+    ghost = next(x for x in json.loads(r.stdout) if x["name"] == "ghost")
+    assert not ghost["reachable"] and "unreachable" in ghost["error"]
+    record("unreachable host in the inventory", "hosts", "reported within the connect timeout", hosts,
+           "n/a (no data involved)")
