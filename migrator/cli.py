@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
@@ -103,19 +104,23 @@ class Renderer:
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.bytes: dict[str, int] = {}
+        self.started: dict[str, float] = {}
 
     def __call__(self, ev: Any) -> None:
         if self.quiet:
             return
         if ev.kind == "phase":
+            self.started[ev.phase] = time.monotonic()
             err.print(f"[bold]{ev.phase}[/bold] ...", highlight=False)
         elif ev.kind == "done":
             extra = f", {_human(ev.bytes)}" if ev.bytes else ""
             err.print(f"  {ev.phase} done in {ev.message}{extra}", highlight=False)
         elif ev.kind == "bytes":
-            self.bytes[ev.phase] = self.bytes.get(ev.phase, 0) + ev.bytes
+            self.bytes[ev.phase] = done = self.bytes.get(ev.phase, 0) + ev.bytes
             if err.is_terminal:
-                err.print(f"  {ev.phase}: {_human(self.bytes[ev.phase])}", end="\r", highlight=False)
+                secs = max(time.monotonic() - self.started.get(ev.phase, time.monotonic()), 1e-3)
+                err.print(f"  {ev.phase}: {_human(done)} at {_human(int(done / secs))}/s   ", end="\r",
+                          highlight=False)
         elif ev.kind in ("info", "warn"):
             color = "yellow" if ev.kind == "warn" else "dim"
             err.print(f"  [{color}]{ev.message}[/{color}]", highlight=False)

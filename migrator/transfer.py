@@ -33,11 +33,11 @@ class TransferError(MigratorError):
     """Moving data between hosts failed."""
 
 
-# dd between the compressor and ssh counts the bytes on the wire ("N bytes ... copied").
-_COUNT = ["dd", "bs=1M"]
+# dd between the compressor and ssh counts the bytes on the wire and reports progress.
+_COUNT = ["dd", "bs=1M", "status=progress"]
+_PROGRESS = re.compile(r"^J(\d+) (\d+) bytes")
 _ZSTD = ["zstd", "-1", "-T0", "-q", "-c"]  # its frames carry a checksum that `zstd -d` verifies
 _UNZSTD = ["zstd", "-d", "-q", "-c"]
-_COUNTED = re.compile(r"^(\d+) bytes .*copied", re.M)
 
 
 @dataclass
@@ -102,16 +102,26 @@ class Link:
         sent = 0
         if self.direct:
             parts = []
-            for j in jobs:
+            for i, j in enumerate(jobs):
                 stages = [*j.producer, *([_ZSTD] if j.compress else []), _COUNT,
                           [*self._ssh_argv(), self._remote([*([_UNZSTD] if j.compress else []), *j.consumer], j.then)]]
-                parts.append("( set -o pipefail; " + " | ".join(shell.join(c) for c in stages) + " ) & pids+=($!); ")
+                # each dd's reports carry its job number, for progress while it runs
+                parts.append(f"( set -o pipefail; {' | '.join(shell.join(c) for c in stages)} ) "
+                             f"2> >(stdbuf -oL tr '\r' '\n' | sed -u 's/^/J{i} /' >&2) & pids+=($!); ")
             script = "pids=(); " + "".join(parts) + 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc'
-            r = self.src.run(["bash", "-c", script], check=False, timeout=None)
+            seen: dict[str, int] = {}
+
+            def on_line(line: str) -> None:
+                m = _PROGRESS.match(line)
+                if m and int(m.group(2)) > seen.get(m.group(1), 0):
+                    n = int(m.group(2))
+                    if progress:
+                        progress(n - seen.get(m.group(1), 0))
+                    seen[m.group(1)] = n
+
+            r = self.src.stream(["bash", "-c", script], on_line)
             self._check(what, r.ok, self.src.name, r.stderr)
-            sent = sum(int(n) for n in _COUNTED.findall(r.stderr))
-            if progress:
-                progress(sent)
+            sent = sum(seen.values())
         else:  # through this machine, usually a slower path: always compressed
             for j in jobs:
                 n, rs, rd = relay(self.src.open(shell.pipeline(*j.producer, _ZSTD)),

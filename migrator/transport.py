@@ -188,6 +188,32 @@ class Host:
             log.debug("%s: rc=%d stderr=%s", self.name, rc, res.stderr.strip()[-500:])
         return res.check() if check else res
 
+    def stream(self, argv: Sequence[str | int], on_line: Callable[[str], None]) -> CommandResult:
+        """Run argv to the end, handing each stderr line (ended by \\n or \\r) to on_line as
+        it arrives: for progress reports of long commands."""
+        cmd = shell.join(argv)
+        ch = self._exec(cmd, None)
+        out, err, partial = io.BytesIO(), io.BytesIO(), b""
+        try:
+            ch.shutdown_write()
+            while True:
+                while ch.recv_ready():
+                    out.write(ch.recv(CHUNK))
+                while ch.recv_stderr_ready():
+                    data = ch.recv_stderr(CHUNK)
+                    err.write(data)
+                    *lines, partial = (partial + data).replace(b"\r", b"\n").split(b"\n")
+                    for line in lines:
+                        on_line(line.decode(errors="replace"))
+                if ch.exit_status_ready() and not ch.recv_ready() and not ch.recv_stderr_ready():
+                    break
+                select.select([ch], [], [], 1.0)
+            rc = ch.recv_exit_status()
+        finally:
+            ch.close()
+        return CommandResult(self.name, cmd, rc, out.getvalue().decode(errors="replace"),
+                             err.getvalue().decode(errors="replace"))
+
     def ok(self, argv: Sequence[str | int], timeout: float | None = 60) -> bool:
         return self.run(argv, check=False, timeout=timeout).ok
 
