@@ -237,3 +237,19 @@ def test_dry_run_changes_nothing_and_preflight_refuses(hosts: dict[str, LabHost]
     assert a.running() == ["r1"] and b.running() == ["other"]
     for h in (a, b):
         assert not any(h.leftovers().values())
+
+
+def test_relay_through_the_controller(hosts: dict[str, LabHost]) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    a.sh("docker", "volume", "create", "rdata")
+    a.sh("docker", "run", "-d", "--name", "r1", "-p", "6379:6379", "-v", "rdata:/data", "lab/redis")
+    fill(a.wait_redis(), 20_000)
+    a.sh("docker", "exec", "r1", "sh", "-c", "echo relayed > /data/file")
+    r = run_cli("migrate", "r1", "--from", "lab1", "--to", "lab2", "--relay", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["transfer"] == "relay" and rep["bytes_sent"] > 0
+    check_all(b.wait_redis(), 20_000)
+    assert b.sh("docker", "exec", "r1", "cat", "/data/file").strip() == "relayed"
+    for h in (a, b):
+        assert not any(h.leftovers().values()), f"{h.name}: {h.leftovers()}"
