@@ -102,9 +102,7 @@ def create(host: Host, container: str, name: str | None = None, *, leave_running
                 "image": spec.image_ref, "image_id": spec.image_id, "source_host": host.name}
         host.put(json.dumps(meta).encode(), f"{tmp}/meta.json")
         cp.manifest(host, tmp)
-        if keep is not None:
-            prune(host, spec.name, keep - 1)
-        host.run(["bash", "-c", 'chmod -R go-rwx "$1" && mv -T "$1" "$2"', "_", tmp, final])
+        _publish(host, spec.name, tmp, final, keep)
     except MigratorError:
         host.run(["rm", "-rf", tmp], check=False)
         raise
@@ -159,6 +157,14 @@ def prune(host: Host, container: str, keep: int) -> list[str]:
     return [s.name for s in gone]
 
 
+def _publish(host: Host, container: str, tmp: str, final: str, keep: int | None) -> None:
+    """Make the complete `tmp` the checkpoint `final` (a rename: never half there). With
+    `keep`, the oldest go first, so there are never more than `keep` complete ones."""
+    if keep is not None:
+        prune(host, container, keep - 1)
+    host.run(["bash", "-c", 'chmod -R go-rwx "$1" && rm -rf "$2" && mv -T "$1" "$2"', "_", tmp, final])
+
+
 def replicate(src: Host, dst: Host, stored: Stored, relay: bool = False, keep: int | None = None) -> Stored:
     """Copy a complete checkpoint to another host's store (written under .tmp-, renamed)."""
     from .transfer import open_link
@@ -173,9 +179,7 @@ def replicate(src: Host, dst: Host, stored: Stored, relay: bool = False, keep: i
                  'rm -rf "$2" && mkdir "$2"', "_", base, tmp])
         link = open_link(src, dst, mid, swd, relay_only=relay)
         link.copy_dir(stored.path, tmp, verify=True)
-        if keep is not None:
-            prune(dst, stored.container, keep - 1)
-        dst.run(["bash", "-c", 'rm -rf "$2" && mv -T "$1" "$2"', "_", tmp, final])
+        _publish(dst, stored.container, tmp, final, keep)
     except MigratorError:
         dst.run(["rm", "-rf", tmp], check=False)
         raise
