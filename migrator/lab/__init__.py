@@ -361,8 +361,12 @@ class Lab:
     def start_service(self, h: LabHost, svc: str) -> None:
         d = Path(h.dir)
         if svc == "dockerd":
-            script = (f"dockerd --config-file {d}/daemon.json >>{d}/dockerd.log 2>&1 & "
-                      f"echo $! >{d}/dockerd.pid")
+            # A dockerd that was killed leaves its pid file; its pid is gone (init reaped it).
+            stale = _read_pid(d / "dockerd.pid")
+            if stale and not _alive(stale):
+                self.ns_exec(h, ["rm", "-f", "/var/run/docker.pid"], check=False)
+            script = (f"( dockerd --config-file {d}/daemon.json >>{d}/dockerd.log 2>&1 & "
+                      f"echo $! >{d}/dockerd.pid )")
         else:
             script = f"/usr/sbin/sshd -f {d}/sshd_config -E {d}/sshd.log"
         subprocess.Popen(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", "bash", "-c", script],

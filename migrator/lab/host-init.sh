@@ -24,8 +24,9 @@ mount --bind "$H/criu" /etc/criu
 mount --bind "$H/migrator" /var/lib/migrator
 mount --bind "$H/root-ssh" /root/.ssh
 
-dockerd --config-file "$H/daemon.json" >"$H/dockerd.log" 2>&1 &
-echo $! >"$H/dockerd.pid"
+# In a subshell, so that dockerd's parent is init, which reaps it: a killed dockerd must not
+# stay a zombie child of the anchor below (the next dockerd would refuse its pid file).
+( dockerd --config-file "$H/daemon.json" >"$H/dockerd.log" 2>&1 & echo $! >"$H/dockerd.pid" )
 /usr/sbin/sshd -f "$H/sshd_config" -E "$H/sshd.log"
 echo ready >"$H/ready"
 exec sleep infinity
