@@ -165,9 +165,7 @@ def floor(h: Host) -> dict[str, Any]:
     cp.dump(h, spec.id, img, root=cp.runtime_root(h, spec.id))
     dump_s = crui_seconds(h.run(["cat", f"{cp.SHM_DIR}/{op}/criu-work/dump.log"]).stdout)
     log = f"{cp.workdir(op)}/restore.log"
-    cp.criu_run(h, "floor restore", ["bash", "-c", cp._PLACE_AND_START, "place", img,
-                                     cp.checkpoint_dir(e, spec.id, op), op, spec.id],
-                options=[*cp.MIGRATE_CRIU_OPTS, f"log-file {log}"])
+    cp.start_from_images(h, e, spec.id, img, op, options=[*cp.MIGRATE_CRIU_OPTS, f"log-file {log}"])
     restore_s = crui_seconds(h.run(["cat", log]).stdout)
     cp.remove_workdir(h, op)
     return {"dump_s": dump_s, "restore_s": restore_s, "total_s": dump_s + restore_s}

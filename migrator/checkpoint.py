@@ -255,11 +255,12 @@ def dump(host: Host, container_id: str, img: str, *, root: str,
     return None
 
 
-def start_from_images(host: Host, engine: Engine, container_id: str, img: str, name: str) -> None:
+def start_from_images(host: Host, engine: Engine, container_id: str, img: str, name: str,
+                      options: list[str] | None = None) -> None:
     """`docker start --checkpoint` from the CRIU images in `img`, without copying the pages."""
     cpdir = checkpoint_dir(engine, container_id, name)
     criu_run(host, f"restore of {container_id[:12]}",
-             ["bash", "-c", _PLACE_AND_START, "place", img, cpdir, name, container_id])
+             ["bash", "-c", _PLACE_AND_START, "place", img, cpdir, name, container_id], options)
 
 
 def thaw(host: Host, container_id: str) -> None:
