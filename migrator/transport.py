@@ -317,6 +317,7 @@ def _socket(address: str, port: int, timeout: float) -> socket.socket:
     not after minutes of retransmissions: everything waiting on it then fails, and the
     caller can roll back instead of hanging."""
     sock = socket.create_connection((address, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait on each small request
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for opt, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3),
                        ("TCP_USER_TIMEOUT", DEAD_PEER_S * 1000)):

@@ -8,6 +8,7 @@ the bridge, the firewall rule and the directories.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -242,13 +243,11 @@ class Lab:
 
     def _wait_ready(self, h: LabHost) -> None:
         d = Path(h.dir)
-        sock_ok = lambda: self.ns_exec(h, ["docker", "version", "--format", "{{.Server.Version}}"],  # noqa: E731
-                                       check=False).returncode == 0
         if not wait_for(lambda: (d / "ready").exists() or not _alive(h.anchor_pid), 30):
             raise LabError(f"{h.name}: did not start; see {d}/init.log")
         if not _alive(h.anchor_pid):
             raise LabError(f"{h.name}: init failed: {(d / 'init.log').read_text()[-400:]}")
-        if not wait_for(sock_ok, 60, 0.2):
+        if not wait_for(lambda: self._docker_ok(h), 60, 0.2):
             raise LabError(f"{h.name}: dockerd did not come up; see {d}/dockerd.log")
 
     def ns_exec(self, h: LabHost, argv: list[str], check: bool = True,
@@ -344,15 +343,31 @@ class Lab:
                         + yaml.safe_dump(doc, sort_keys=False))
 
     # --- restart / down ---------------------------------------------------------------
+    def start_dockerd(self, h: LabHost, tries: int = 3) -> None:
+        """Start a host's dockerd and wait until it answers; start it again if it exits at
+        first, as systemd's Restart= would: after a crash, the new dockerd's containerd can
+        time out while a shim of the dead one still finishes a restore."""
+        def up_or_dead(pid: int) -> bool:
+            return not _alive(pid) or self._docker_ok(h)
+
+        for _ in range(tries):
+            self.start_service(h, "dockerd")
+            pid = _read_pid(Path(h.dir) / "dockerd.pid")
+            if wait_for(functools.partial(up_or_dead, pid), 90, 0.2) and _alive(pid):
+                return
+        raise LabError(f"{h.name}: dockerd did not come up; see {h.dir}/dockerd.log")
+
+    def _docker_ok(self, h: LabHost) -> bool:
+        return self.ns_exec(h, ["docker", "version", "--format", "{{.Server.Version}}"], check=False).returncode == 0
+
     def restart(self, name: str) -> None:
         """What a reboot does to a host's services: stop dockerd (its containers die) and
         sshd, then start both again."""
         h = self.host(name)
         self.stop_service(h, "sshd")
         self.stop_service(h, "dockerd")
-        self.start_service(h, "dockerd")
+        self.start_dockerd(h)
         self.start_service(h, "sshd")
-        self._wait_ready(h)
 
     def stop_service(self, h: LabHost, svc: str) -> None:
         pid = _read_pid(Path(h.dir) / f"{svc}.pid")
@@ -365,6 +380,13 @@ class Lab:
             stale = _read_pid(d / "dockerd.pid")
             if stale and not _alive(stale):
                 self.ns_exec(h, ["rm", "-f", "/var/run/docker.pid"], check=False)
+                # Its containerd can outlive it for a while, holding its socket and database (the
+                # new dockerd's own containerd then times out), and so can its docker-proxy
+                # processes, holding published ports no container has any more. The new dockerd
+                # starts both afresh for what it finds running.
+                mnt_ns = _ns_id(h.anchor_pid, "mnt")
+                _terminate([p for p in _all_pids() if _ns_id(p, "mnt") == mnt_ns
+                            and _comm(p) in ("containerd", "docker-proxy")], 10)
             script = (f"( dockerd --config-file {d}/daemon.json >>{d}/dockerd.log 2>&1 & "
                       f"echo $! >{d}/dockerd.pid )")
         else:
@@ -428,6 +450,13 @@ def _ns_id(pid: int, kind: str) -> str | None:
         return os.readlink(f"/proc/{pid}/ns/{kind}")
     except OSError:
         return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _cgroup_pids(parent: str) -> set[int]:

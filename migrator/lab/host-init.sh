@@ -2,7 +2,7 @@
 # Runs as the first process of one lab host: inside the host's network namespace and a new,
 # private mount namespace (`nsenter --net=... unshare --mount --propagation private`).
 # Gives the host its own /sys view, /run, /tmp, /dev/shm, /var/lib/docker, /etc/criu,
-# /root/.ssh and scratch space, then starts its dockerd and sshd and stays as the anchor
+# /root/.ssh, /root/.bashrc and scratch space, then starts its dockerd and sshd and stays as the anchor
 # that keeps the namespace alive. Usage: host-init.sh HOST_DIR
 set -euo pipefail
 H=$1
@@ -23,6 +23,12 @@ mount --bind "$H/docker" /var/lib/docker
 mount --bind "$H/criu" /etc/criu
 mount --bind "$H/migrator" /var/lib/migrator
 mount --bind "$H/root-ssh" /root/.ssh
+# A fresh server's root shell profile, not this machine's: sshd runs ~/.bashrc for every
+# command, and a developer's (pyenv init and the like) costs ~80 ms each time.
+if [ -e /root/.bashrc ]; then
+  cp /etc/skel/.bashrc "$H/bashrc" 2>/dev/null || : >"$H/bashrc"
+  mount --bind "$H/bashrc" /root/.bashrc
+fi
 
 # In a subshell, so that dockerd's parent is init, which reaps it: a killed dockerd must not
 # stay a zombie child of the anchor below (the next dockerd would refuse its pid file).

@@ -81,8 +81,7 @@ def test_replica_restores_on_lab2_with_lab1_docker_down(hosts: dict[str, LabHost
         assert r.returncode == 0, r.stderr
         check_all(b.wait_redis(), 10_000)
     finally:
-        lab.start_service(lab.host("lab1"), "dockerd")
-        lab._wait_ready(lab.host("lab1"))
+        lab.start_dockerd(lab.host("lab1"))
         a.host.close()
 
 

@@ -115,7 +115,6 @@ def test_evacuate_unreachable_host_from_replicas(hosts: dict[str, LabHost], lab:
         check_all(b.wait_redis(6379), 5_000, prefix="r1")
         check_all(b.wait_redis(6380), 5_000, prefix="r2")
     finally:
-        lab.start_service(h1, "dockerd")
+        lab.start_dockerd(h1)
         lab.start_service(h1, "sshd")
-        lab._wait_ready(h1)
         a.host.close()

@@ -32,7 +32,7 @@ def test_redis_100k_keys_moves_with_its_memory(hosts: dict[str, LabHost]) -> Non
     assert 0 < rep["downtime_s"] < rep["total_s"]
     assert rep["bytes_sent"] > 0
     names = [p["name"] for p in rep["phases"]]
-    assert names == ["resolve", "preflight", "presync", "freeze", "filesystem", "transfer", "restore",
+    assert names == ["resolve", "preflight", "presync", "freeze", "transfer", "filesystem", "restore",
                      "verify", "cleanup"]
     assert all(p["seconds"] >= 0 for p in rep["phases"])
     check_all(b.wait_redis(), 100_000)
@@ -183,8 +183,7 @@ def test_target_dockerd_dies_source_comes_back(hosts: dict[str, LabHost], inv: I
         assert m.report.status == "rolled_back"
         assert ("freeze" in [p.name for p in m.report.phases]) == frozen
     finally:
-        lab.start_service(lab.host("lab2"), "dockerd")
-        lab._wait_ready(lab.host("lab2"))
+        lab.start_dockerd(lab.host("lab2"))
     check_all(a.wait_redis(), 20_000)
     assert a.running() == ["r1"]
     b.host.close()
