@@ -30,7 +30,7 @@ from .container import Spec
 from .engine import Engine
 from .errors import CommandError, LockedError, MigratorError
 from .hosts import free_bytes
-from .transport import Host, wait_for
+from .transport import CommandResult, Host, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,33 @@ mv "$conf.new" "$conf"
 "$@"
 """
 
-# place-and-start IMG CPDIR NAME CONTAINER: Docker's checkpoint dir with the small files
-# copied and the pages linked (relatively: CRIU reads them after entering the container's
-# root, where an absolute link would point inside the container), then start from it.
-_PLACE_AND_START = r"""
+# manifest DIR: a CRC line per file; verify_manifest DIR: DIR matches its MANIFEST, or says not.
+_MANIFEST = r"""
+manifest() { (cd "$1" && find . -type f ! -name MANIFEST -print0 | sort -z | xargs -0 -r cksum -a crc); }
+verify_manifest() {
+  diff <(manifest "$1") "$1/MANIFEST" >/dev/null && return
+  echo "checkpoint in $1 does not match its checksums; not restoring from it" >&2; return 1
+}
+"""
+
+# accepts PID IP PORT: a TCP connect to the container's own address (a leftover network
+# lock fails it); with no address (host or no network), from inside its network namespace.
+_ACCEPTS = r"""
+accepts() {
+  if [ -n "$2" ]; then timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$2" "$3" 2>/dev/null
+  else timeout 2 nsenter -t "$1" -n bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$3" 2>/dev/null; fi
+}
+"""
+
+# place-and-start IMG CPDIR NAME CONTAINER VERIFY WAIT PORT...: check IMG against its MANIFEST
+# (VERIFY=1), make Docker's checkpoint dir with the small files copied and the pages linked
+# (relatively: CRIU reads them after entering the container's root, where an absolute link
+# would point inside the container), start from it, and wait up to WAIT s until the
+# container accepts connections on each PORT.
+_PLACE_AND_START = _MANIFEST + _ACCEPTS + r"""
 set -e
-img=$1 cpdir=$2 name=$3 ctr=$4
+img=$1 cpdir=$2 name=$3 ctr=$4 verify=$5 wait=$6; shift 6
+[ "$verify" = 0 ] || verify_manifest "$img"
 up=$(printf '../%.0s' $(seq 30))
 rm -rf "$cpdir"; mkdir -p "$cpdir"; chmod 0700 "$cpdir"
 for f in "$img"/*; do
@@ -180,11 +201,24 @@ for f in "$img"/*; do
 done
 docker start --checkpoint "$name" "$ctr" >/dev/null
 rm -rf "$cpdir"
+[ $# -gt 0 ] || exit 0
+read -r pid ip _ < <(docker inspect -f \
+  '{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$ctr")
+# Clients that tried during the restore left the host's ARP entry for the address
+# unresolved, and the kernel asks again only a second later: ask now.
+[ -z "${ip:-}" ] || ip neigh flush to "$ip" 2>/dev/null || true
+deadline=$((SECONDS + wait))
+for port; do
+  until accepts "$pid" "${ip:-}" "$port"; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "restored, but port $port does not answer after $wait s" >&2; exit 1; }
+    sleep 0.02
+  done
+done
 """
 
 # dump ROOT IMG WORK LEAVE CONTAINER: runc straight into IMG (tmpfs when it fits). Without
 # Docker's runtime root (another exec-root), Docker's own checkpoint is the fallback.
-_DUMP = r"""
+_DUMP = _MANIFEST + r"""
 set -e
 root=$1 img=$2 work=$3 leave=$4 ctr=$5
 umask 077; mkdir -p "$img" "$work"
@@ -199,29 +233,29 @@ else
   docker checkpoint create "${args[@]}" "$ctr" "$(basename "$img")" >/dev/null
 fi
 chmod -R go-rwx "$img"
-cd "$img" && find . -type f ! -name MANIFEST -print0 | sort -z | xargs -0 -r cksum -a crc > MANIFEST
-# How well the pages compress, and how fast: 2 MiB at four places in the largest pages file.
-f=$(ls -S pages-*.img 2>/dev/null | head -1)
-if [ -n "$f" ]; then
-  size=$(stat -c %s "$f")
-  chunks() { for q in 1 3 5 7; do dd if="$f" bs=1M skip=$(( size * q / 8 / 1048576 )) count=2 status=none; done; }
-  s=$(date +%s%N); packed=$(chunks | zstd -1 -q -c | wc -c); e=$(date +%s%N)
-  echo "sample $(chunks | wc -c) $packed $(( (e - s) / 1000 ))"
-fi
+manifest "$img" > "$img/MANIFEST"
 """
 
 
-def criu_run(host: Host, what: str, argv: list[str | int], options: list[str] | None = None,
-             timeout: float | None = 3600) -> str:
-    """Run argv on host with our CRIU options in runc.conf for exactly its duration."""
+def criu_argv(argv: list[str | int], options: list[str] | None = None) -> list[str | int]:
+    """argv that runs argv with our CRIU options in runc.conf for exactly its duration."""
     opts = MIGRATE_CRIU_OPTS if options is None else options
-    r = host.run(["bash", "-c", _CRIU_RUN, "criu-run", RUNC_LOCK, RUNC_CONF, LOCK_WAIT_S, len(opts), *opts,
-                  *argv], check=False, timeout=timeout)
+    return ["bash", "-c", _CRIU_RUN, "criu-run", RUNC_LOCK, RUNC_CONF, LOCK_WAIT_S, len(opts), *opts, *argv]
+
+
+def criu_result(host: Host, what: str, r: CommandResult) -> str:
+    """The output of a criu_argv command, or the error it makes."""
     if r.rc == 75:
         raise LockedError(f"{host.name}: {r.stderr.strip()}", hint=f"if nothing runs there, remove {RUNC_LOCK}")
     if not r.ok:
         raise MigratorError(f"{host.name}: {what} failed: {_tail(r.stderr)}")
     return r.stdout
+
+
+def criu_run(host: Host, what: str, argv: list[str | int], options: list[str] | None = None,
+             timeout: float | None = 3600) -> str:
+    """Run argv on host with our CRIU options in runc.conf for exactly its duration."""
+    return criu_result(host, what, host.run(criu_argv(argv, options), check=False, timeout=timeout))
 
 
 def _tail(text: str) -> str:
@@ -241,26 +275,72 @@ def image_dir(host: Host, op: str, need_bytes: int) -> str:
     return f"{SHM_DIR}/{op}/img" if free > need_bytes * 1.5 else f"{workdir(op)}/img"
 
 
-def dump(host: Host, container_id: str, img: str, *, root: str,
-         leave_running: bool = False) -> tuple[int, int, float] | None:
-    """Checkpoint the container's processes into `img` (CRIU images, 0600). Returns a
-    compression sample of the pages: (raw bytes, compressed bytes, seconds)."""
+def dump_argv(container_id: str, img: str, *, root: str, leave_running: bool = False) -> list[str | int]:
+    """argv that checkpoints the container's processes into `img` (CRIU images, 0600, and
+    their MANIFEST)."""
     work = f"{os.path.dirname(img)}/criu-work"
-    out = criu_run(host, f"checkpoint of {container_id[:12]}",
-                   ["bash", "-c", _DUMP, "dump", root, img, work, int(leave_running), container_id])
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[0] == "sample" and all(p.isdigit() for p in parts[1:]):
-            return int(parts[1]), int(parts[2]), int(parts[3]) / 1e6
+    return criu_argv(["bash", "-c", _DUMP, "dump", root, img, work, int(leave_running), container_id])
+
+
+def dump(host: Host, container_id: str, img: str, *, root: str, leave_running: bool = False) -> None:
+    r = host.run(dump_argv(container_id, img, root=root, leave_running=leave_running), check=False, timeout=3600)
+    try:
+        criu_result(host, f"checkpoint of {container_id[:12]}", r)
+    except MigratorError:
+        repair(host, container_id)  # a dump that died part-way may have left it frozen and cut off
+        raise
+
+
+def repair(host: Host, container_id: str) -> None:
+    """Undo what a dump that died part-way can leave on a container that is still "Up":
+    frozen (a frozen process still completes TCP handshakes) and behind CRIU's network lock.
+    Both steps are harmless on a healthy container."""
+    info = Engine(host).inspect(container_id)
+    if info and info["State"].get("Running"):
+        thaw(host, container_id)
+        unlock_network(host, int(info["State"].get("Pid") or 0))
+
+
+# sample PID: how well the process's memory compresses, and how fast: 2 MiB at four places
+# in its largest anonymous writable mapping, read live (before any freeze).
+_SAMPLE = r"""
+pid=$1 best=0 start=0
+while read -r range perms _ _ _ path; do
+  [[ $perms == rw* && -z $path ]] || continue
+  s=$((16#${range%-*})) e=$((16#${range#*-}))
+  (( e - s > best )) && { best=$((e - s)); start=$s; }
+done < "/proc/$pid/maps"
+(( best >= 4194304 )) || exit 0
+chunks() {
+  for q in 1 3 5 7; do
+    dd if="/proc/$pid/mem" bs=1M iflag=skip_bytes,count_bytes skip=$(( start + best * q / 8 / 4096 * 4096 )) \
+       count=$(( best / 4 < 2097152 ? best / 4 : 2097152 )) status=none
+  done
+}
+s=$(date +%s%N); packed=$(chunks | zstd -1 -q -c | wc -c); e=$(date +%s%N)
+echo "$(chunks | wc -c) $packed $(( (e - s) / 1000 ))"
+"""
+
+
+def memory_sample(host: Host, pid: int) -> tuple[int, int, float] | None:
+    """(raw bytes, compressed bytes, seconds) of a sample of the process's memory, or None."""
+    r = host.run(["bash", "-c", _SAMPLE, "sample", pid], check=False)
+    parts = r.stdout.split()
+    if r.ok and len(parts) == 3 and all(p.isdigit() for p in parts) and int(parts[0]) > 0:
+        return int(parts[0]), int(parts[1]), int(parts[2]) / 1e6
     return None
 
 
 def start_from_images(host: Host, engine: Engine, container_id: str, img: str, name: str,
-                      options: list[str] | None = None) -> None:
-    """`docker start --checkpoint` from the CRIU images in `img`, without copying the pages."""
+                      options: list[str] | None = None, *, verify: bool = False, ports: list[int] | None = None,
+                      wait: int = 30) -> None:
+    """`docker start --checkpoint` from the CRIU images in `img`, without copying the pages;
+    with `verify`, only if they match their MANIFEST; with `ports`, returns once the
+    container accepts connections on them (fails after `wait` s)."""
     cpdir = checkpoint_dir(engine, container_id, name)
     criu_run(host, f"restore of {container_id[:12]}",
-             ["bash", "-c", _PLACE_AND_START, "place", img, cpdir, name, container_id], options)
+             ["bash", "-c", _PLACE_AND_START, "place", img, cpdir, name, container_id, int(verify), wait,
+              *(ports or [])], options)
 
 
 def thaw(host: Host, container_id: str) -> None:
@@ -290,14 +370,10 @@ def unlock_network(host: Host, pid: int) -> bool:
 def _accepts(host: Host, info: dict, port: int) -> bool:
     """A TCP connect from the host to the container's own address (a leftover network lock
     fails this); host- or none-networked containers are probed inside their namespace."""
-    ip = _container_ip(info)
-    if ip is None:
-        argv: list[str | int] = ["nsenter", "-t", Spec(info).pid, "-n", "bash", "-c",
-                                 'exec 3<>"/dev/tcp/127.0.0.1/$1"', "_", port]
-    else:
-        argv = ["bash", "-c", 'exec 3<>"/dev/tcp/$1/$2"', "_", ip, port]
+    argv: list[str | int] = ["bash", "-c", _ACCEPTS + 'accepts "$@"', "_", Spec(info).pid,
+                             _container_ip(info) or "", port]
     try:
-        return host.run(["timeout", "2", *argv], check=False, timeout=10).ok
+        return host.run(argv, check=False, timeout=10).ok
     except CommandError:
         return False
 
@@ -330,31 +406,31 @@ def _container_ip(info: dict) -> str | None:
     return None
 
 
-MANIFEST = 'cd "$1" && find . -type f ! -name MANIFEST -print0 | sort -z | xargs -0 -r cksum -a crc'
-
-
 def manifest(host: Host, directory: str) -> None:
     """Write MANIFEST: a CRC of every file (cheap at GB/s; SSH already authenticates the
     bytes, this catches what breaks on either disk or in our own copying)."""
-    host.run(["bash", "-c", MANIFEST + ' > "$1/MANIFEST"', "_", directory])
+    host.run(["bash", "-c", _MANIFEST + 'manifest "$1" > "$1/MANIFEST"', "_", directory])
 
 
 def verify_argv(directory: str) -> list[str]:
     """argv that fails unless directory matches its MANIFEST (run on the receiving host)."""
-    return ["bash", "-c", 'diff <(' + MANIFEST + ') "$1/MANIFEST" >/dev/null || '
-            '{ echo "checkpoint in $1 does not match its checksums" >&2; exit 1; }', "_", directory]
+    return ["bash", "-c", _MANIFEST + 'verify_manifest "$1"', "_", directory]
 
 
 def verify_manifest(host: Host, directory: str) -> None:
     r = host.run(verify_argv(directory), check=False)
     if not r.ok:
-        raise MigratorError(f"{host.name}: {r.stderr.strip() or 'checksum check failed'}; not restoring from it")
+        raise MigratorError(f"{host.name}: {r.stderr.strip() or 'checksum check of ' + directory + ' failed'}")
 
 
 def runtime_stopped(host: Host, container_id: str) -> bool:
     """Without dockerd, ask runc itself: True when the container has no live process (or
-    after killing it). Docker keeps its runc state under /run/docker/runtime-*/moby."""
+    after killing it). Docker keeps its runc state under /run/docker/runtime-*/moby. A
+    restore that was under way when dockerd died goes on without it, and runc knows the
+    container only once it is done: wait for it first (False if it does not end)."""
     script = (
+        'for _ in $(seq 120); do pgrep -f -- "[r]unc .*restore .*$1" >/dev/null || break; sleep 0.5; done; '
+        'pgrep -f -- "[r]unc .*restore .*$1" >/dev/null && exit 2; '
         'st=1; for root in /run/docker/runtime-*/moby; do [ -d "$root" ] || continue; '
         'if runc --root "$root" state "$1" >/dev/null 2>&1; then '
         'runc --root "$root" kill "$1" KILL 2>/dev/null; sleep 0.5; '
@@ -362,6 +438,6 @@ def runtime_stopped(host: Host, container_id: str) -> bool:
         '[ "$st" = 1 ]'
     )
     try:
-        return host.run(["bash", "-c", script, "_", container_id], check=False, timeout=60).ok
+        return host.run(["bash", "-c", script, "_", container_id], check=False, timeout=120).ok
     except MigratorError:
         return False

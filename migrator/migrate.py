@@ -23,12 +23,12 @@ from .container import Spec, validate_name
 from .engine import Engine
 from .errors import LockedError, MigrationFailed, MigratorError, PreflightError, RollbackFailed
 from .inventory import Inventory
-from .transfer import Link, open_link, remove_key, ship_image, stop_master, worth_compressing
+from .transfer import Link, open_link, remove_key, ship_image, stop_master, tar_job, worth_compressing
 from .transport import Host
 
 log = logging.getLogger(__name__)
 PENDING_CLEANUP = "cleanup-pending"  # rolled back, the source runs; leftovers to remove
-PHASES = ["resolve", "preflight", "presync", "freeze", "filesystem", "transfer", "restore", "verify",
+PHASES = ["resolve", "preflight", "presync", "freeze", "transfer", "filesystem", "restore", "verify",
           "cleanup"]
 
 
@@ -176,12 +176,8 @@ class Sides:
         info = self.se.inspect(e.container_id)
         if info is None:
             return False, left + [f"{self.src.name}: container {e.container} is gone"]
-        if info["State"].get("Running"):
-            # The dump did not complete. One that died part-way can leave the container "Up" but
-            # frozen (a frozen process still completes TCP handshakes) and behind CRIU's network
-            # lock: thaw it and remove the lock whatever a probe says; both are harmless otherwise.
-            cp.thaw(self.src, e.container_id)
-            cp.unlock_network(self.src, int(info["State"].get("Pid") or 0))
+        if info["State"].get("Running"):  # the dump did not complete
+            cp.repair(self.src, e.container_id)
         else:
             try:
                 if not (e.src_img and self.src.ok(["test", "-f", f"{e.src_img}/MANIFEST"])):
@@ -228,22 +224,29 @@ class Migration:
         self.report = MigrationReport(self.mid, self.container, source, target)
         self.entry: journal.Entry | None = None
         self.link: Link | None = None
-        self.sample: tuple[int, int, float] | None = None  # how the pages compress (from the dump)
+        self.compress = True  # the memory pages, on the wire
 
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[PhaseReport]:
+    def begin(self, name: str) -> PhaseReport:
+        """Enter phase `name`: journaled (what `recover` goes by) and told."""
         if self.entry is not None:
             self.entry.phase = name
             self.entry.save()
         self.emit(Event("phase", name))
-        pr = PhaseReport(name, 0.0)
-        t0 = time.monotonic()
+        pr = PhaseReport(name, time.monotonic())  # the start, until end() makes it a duration
+        self.report.phases.append(pr)
+        return pr
+
+    def end(self, pr: PhaseReport) -> None:
+        pr.seconds = round(time.monotonic() - pr.seconds, 3)
+        self.emit(Event("done", pr.name, f"{pr.seconds:.2f} s", pr.bytes))
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[PhaseReport]:
+        pr = self.begin(name)
         try:
             yield pr
         finally:
-            pr.seconds = round(time.monotonic() - t0, 3)
-            self.report.phases.append(pr)
-            self.emit(Event("done", name, f"{pr.seconds:.2f} s", pr.bytes))
+            self.end(pr)
 
     def record(self, **rec: Any) -> None:
         assert self.entry is not None
@@ -307,14 +310,12 @@ class Migration:
         t_freeze = 0.0
         try:
             self._presync(spec, se, de, swd)
-            with self.phase("freeze"):
-                t_freeze = time.monotonic()
-                self.sample = cp.dump(self.src, spec.id, self.entry.src_img, root=self.root)
+            t_freeze = time.monotonic()
             self._move(spec, se, de)
-            with self.phase("verify"):
+            self.report.downtime_s = round(time.monotonic() - t_freeze, 3)
+            with self.phase("verify"):  # once more, through Docker: it runs and answers
                 if not cp.answers(self.dst, de, spec.name, self.entry.ports, timeout=30):
                     raise MigratorError(f"{self.dst.name}: {spec.name} started but does not answer")
-                self.report.downtime_s = round(time.monotonic() - t_freeze, 3)
         except MigratorError as e:
             self.emit(Event("warn", "rollback", f"{e}; rolling back"))
             with self.phase("rollback"):
@@ -331,8 +332,12 @@ class Migration:
         with self.phase("presync") as pr:
             self.link = link = open_link(self.src, self.dst, self.mid, swd, relay_only=self.relay_only)
             self.report.transfer = "direct" if link.direct else "relay"
-            link.measure()
-            self.emit(Event("info", "presync", f"transfer {self.report.transfer}"))
+            if link.direct:  # compress the pages when it pays: from the link's speed and a sample
+                sample = cp.memory_sample(self.src, spec.pid)
+                self.compress = worth_compressing(*sample, link.measure()) if sample else True
+            self.emit(Event("info", "presync", f"transfer {self.report.transfer}, pages "
+                            + ("compressed" if self.compress else "not compressed (they do not shrink, or the "
+                               "link outruns the compressor)")))
             if not de.image_exists(spec.image_id):
                 self.record(kind="image", id=spec.image_id)
                 pr.bytes += ship_image(link, se, de, spec.image_id, spec.image_ref, self._progress("presync"))
@@ -367,26 +372,46 @@ class Migration:
             self.entry.save()
 
     def _move(self, spec: Spec, se: Engine, de: Engine) -> None:
-        """After the freeze: volumes' deltas, then the container's own filesystem diff and the
-        CRIU images together (checked against their manifest on arrival), then the restore."""
+        """Freeze and copy: the CRIU images (on a direct link while CRIU writes them) and the
+        container's own filesystem diff, checked against their manifest on arrival; then the
+        volumes' deltas, then the restore."""
         assert self.link is not None and self.entry is not None
-        e = self.entry
-        with self.phase("filesystem") as pr:
+        e, link = self.entry, self.link
+        fs = [(spec.upper_dir, self.dst_upper)] if spec.upper_dir and self.dst_upper else []
+        what = f"checkpoint of {spec.name}"
+        if link.direct:
+            pr = [self.begin("freeze")]
+
+            def dumped() -> None:
+                self.end(pr[0])
+                pr.append(self.begin("transfer"))
+
+            r, sent = link.dump_and_send(
+                cp.dump_argv(spec.id, e.src_img, root=self.root), e.src_img, e.dst_img,
+                [tar_job(s, d) for s, d in fs],
+                compress=self.compress, progress=self._progress("transfer"),
+                on_dumped=dumped)
+            if len(pr) == 1:  # the dump itself failed
+                self.end(pr[0])
+                cp.criu_result(self.src, what, r)
+            pr[1].bytes = sent
+            self.end(pr[1])
+            link.check(f"copy of {e.src_img}", r)
+        else:
+            with self.phase("freeze"):
+                cp.dump(self.src, spec.id, e.src_img, root=self.root)
+            with self.phase("transfer") as tr:
+                tr.bytes = link.copy_dirs([(e.src_img, e.dst_img, True)] + [(s, d, False) for s, d in fs],
+                                          progress=self._progress("transfer"))
+        with self.phase("filesystem") as pr_fs:
             for m in spec.named_volumes():
                 dst_mp = (de.volume_inspect(m["Name"]) or {})["Mountpoint"]
-                pr.bytes += self.link.sync_dir(m["Source"], dst_mp)
-        with self.phase("transfer") as pr:
-            pairs = [(e.src_img, e.dst_img, True)]
-            if spec.upper_dir and self.dst_upper:
-                pairs.append((spec.upper_dir, self.dst_upper, False))
-            compress = worth_compressing(*self.sample, self.link.bps) if self.sample else True
-            self.emit(Event("info", "transfer", "compressed" if compress else "not compressed (pages do not "
-                            "shrink, or the link outruns the compressor)"))
-            pr.bytes += self.link.copy_dirs(pairs, progress=self._progress("transfer"), compress=compress)
+                pr_fs.bytes += link.sync_dir(m["Source"], dst_mp)
         with self.phase("restore"):
             e.target_started = True
             e.save()
-            cp.start_from_images(self.dst, de, e.tid, e.dst_img, self.mid)
+            # checked against the manifest, and counted as up when its ports answer
+            cp.start_from_images(self.dst, de, e.tid, e.dst_img, self.mid, verify=link.direct, ports=e.ports)
 
     def _failed(self, e: MigratorError, left: list[str], back: bool, restored: bool) -> MigrationReport:
         assert self.entry is not None

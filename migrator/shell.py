@@ -9,9 +9,13 @@ from collections.abc import Sequence
 TAR = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
 
 
+def quote(arg: str | int) -> str:
+    return shlex.quote(str(arg))
+
+
 def join(argv: Sequence[str | int]) -> str:
     """Quote every argument: names, paths and labels from users never reach a shell raw."""
-    return " ".join(shlex.quote(str(a)) for a in argv)
+    return " ".join(quote(a) for a in argv)
 
 
 def pipeline(*commands: Sequence[str | int]) -> list[str]:

@@ -8,6 +8,7 @@ failure); the source verifies the target's host key from the inventory's known_h
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ from . import shell
 from .checkpoint import verify_argv
 from .engine import Engine
 from .errors import CommandError, MigratorError
-from .transport import Host, relay
+from .transport import CommandResult, Host, relay
 
 log = logging.getLogger(__name__)
 KEY_TTL_S = 3600
@@ -33,11 +34,49 @@ class TransferError(MigratorError):
     """Moving data between hosts failed."""
 
 
-# dd between the compressor and ssh counts the bytes on the wire and reports progress.
-_COUNT = ["dd", "bs=1M", "status=progress"]
-_PROGRESS = re.compile(r"^J(\d+) (\d+) bytes")
+_PROGRESS = re.compile(r"^J(\w+) (\d+) bytes")
+_JOB_LINE = re.compile(r"^J\w+ ")  # what dd says of a job: counts, not errors
 _ZSTD = ["zstd", "-1", "-T0", "-q", "-c"]  # its frames carry a checksum that `zstd -d` verifies
 _UNZSTD = ["zstd", "-d", "-q", "-c"]
+# send JOB Z REMOTE: stdin, through zstd if Z is 1, to REMOTE (a command line) on the target
+# over SSH; dd between counts the bytes on the wire and reports them as `JJOB N bytes`.
+_SEND = r"""
+send() {
+  { if [ "$2" = 1 ]; then zstd -1 -T0 -q -c; else cat; fi; } \
+    | dd bs=1M iflag=fullblock status=progress 2> >(stdbuf -oL tr '\r' '\n' | sed -u "s/^/J$1 /" >&2) \
+    | "${SSH[@]}" "$3"
+}
+"""
+_WAIT_ALL = 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc\n'
+# After _SEND, with IMG DST Z DUMP...: run DUMP in the background; send each pages-*.img it
+# writes to DST while it grows (tail ends once the dump has ended and it read the file to its
+# end). When the dump fails, stop the senders and exit with its status; when it succeeds,
+# say "migrator: dumped" on stderr and go on with the rest of the script.
+_FOLLOW = r"""
+img=$1 dst=$2 z=$3; shift 3
+"$@" & dump=$!
+declare -A seen; pids=(); n=0
+while :; do
+  alive=0; kill -0 "$dump" 2>/dev/null && alive=1
+  for f in "$img"/pages-*.img; do
+    b=${f##*/}
+    [[ -e $f && $b =~ ^pages-[0-9]+\.img$ && -z ${seen[$b]:-} ]] || continue
+    seen[$b]=1; n=$((n + 1))
+    remote="umask 077; cat > $(printf %q "$dst/$b")"
+    [ "$z" = 1 ] && remote="zstd -d -q -c | { $remote; }"
+    if [ $alive = 1 ]; then
+      ( set -o pipefail; tail -c +1 -s 0.02 -f --pid="$dump" "$f" | send "p$n" "$z" "$remote" ) & pids+=($!)
+    else
+      ( set -o pipefail; send "p$n" "$z" "$remote" < "$f" ) & pids+=($!)
+    fi
+  done
+  [ $alive = 1 ] || break
+  sleep 0.01
+done
+wait "$dump"; rc=$?
+if [ $rc != 0 ]; then kill "${pids[@]}" 2>/dev/null; wait; exit $rc; fi
+echo "migrator: dumped" >&2
+"""
 
 
 @dataclass
@@ -57,6 +96,13 @@ def worth_compressing(raw: int, packed: int, seconds: float, link_bps: float) ->
     ratio = packed / raw
     speed = raw / seconds if seconds > 0 else float("inf")
     return ratio < 0.9 and speed > 1.2 * link_bps * ratio
+
+
+def tar_job(src_dir: str, dst_dir: str, *, verify: bool = False, compress: bool = True, exclude: str = "") -> Job:
+    """Copy the contents of src_dir into dst_dir (which must exist), checked against its
+    MANIFEST there when `verify`."""
+    return Job([[*shell.TAR, "-C", src_dir, *([f"--exclude={exclude}"] if exclude else []), "-cf", "-", "."]],
+               [[*shell.TAR, "-C", dst_dir, "-xpf", "-"]], verify_argv(dst_dir) if verify else None, compress)
 
 
 @dataclass
@@ -86,9 +132,9 @@ class Link:
         cmd = shell.join(shell.pipeline(*consumer))
         return cmd + (" && " + shell.join(then) if then else "")
 
-    def _check(self, what: str, ok: bool, host: str, stderr: str) -> None:
-        if not ok:
-            raise TransferError(f"{what}: {self.src.name} -> {self.dst.name} failed on {host}: {_last(stderr)}")
+    def check(self, what: str, r: CommandResult) -> None:
+        if not r.ok:
+            raise TransferError(f"{what}: {self.src.name} -> {self.dst.name} failed on {r.host}: {_last(r.stderr)}")
 
     def pipe(self, producer: list[list[str]], consumer: list[list[str]], what: str,
              progress: Progress | None = None) -> int:
@@ -96,50 +142,86 @@ class Link:
         on the wire; returns the bytes that crossed it."""
         return self.pipes([Job(producer, consumer)], what, progress)
 
+    def _script(self, body: str) -> str:
+        """A source-side bash script with SSH (the command to the target) and `send JOB Z
+        REMOTE` (stdin, compressed if Z is 1, counted for progress as job JOB, into REMOTE
+        run on the target) defined before body."""
+        return ("SSH=(" + shell.join(self._ssh_argv()) + ")\n" + _SEND + body)
+
+    def _remote_for(self, job: Job) -> str:
+        return self._remote([*([_UNZSTD] if job.compress else []), *job.consumer], job.then)
+
+    def _job_line(self, name: str, job: Job) -> str:
+        """Start one job in the background of a _script (its pid joins `pids`)."""
+        return (f"( set -o pipefail; {' | '.join(shell.join(c) for c in job.producer)} | "
+                f"send {name} {int(job.compress)} {shell.quote(self._remote_for(job))} ) & pids+=($!)\n")
+
+    def _run_script(self, script: str, argv: list[str | int], progress: Progress | None,
+                    on_line: Callable[[str], None] | None = None) -> tuple[CommandResult, int]:
+        """Run a _script on the source, reporting its jobs' bytes as they go; returns its
+        result and the bytes that crossed the wire."""
+        seen: dict[str, int] = {}
+
+        def line(text: str) -> None:
+            m = _PROGRESS.match(text)
+            if m and int(m.group(2)) > seen.get(m.group(1), 0):
+                n = int(m.group(2))
+                if progress:
+                    progress(n - seen.get(m.group(1), 0))
+                seen[m.group(1)] = n
+            elif on_line:
+                on_line(text)
+
+        r = self.src.stream(["bash", "-c", script, "transfer", *argv], line)
+        r = dataclasses.replace(r, stderr="\n".join(x for x in r.stderr.splitlines() if not _JOB_LINE.match(x)))
+        sent = sum(seen.values())
+        self.bytes_sent += sent
+        return r, sent
+
     def pipes(self, jobs: list[Job], what: str, progress: Progress | None = None) -> int:
         """Several pipes at once: in one command on the source when direct (one round trip
         from here, the copies in parallel), one after the other when relayed."""
-        sent = 0
         if self.direct:
-            parts = []
-            for i, j in enumerate(jobs):
-                stages = [*j.producer, *([_ZSTD] if j.compress else []), _COUNT,
-                          [*self._ssh_argv(), self._remote([*([_UNZSTD] if j.compress else []), *j.consumer], j.then)]]
-                # each dd's reports carry its job number, for progress while it runs
-                parts.append(f"( set -o pipefail; {' | '.join(shell.join(c) for c in stages)} ) "
-                             f"2> >(stdbuf -oL tr '\r' '\n' | sed -u 's/^/J{i} /' >&2) & pids+=($!); ")
-            script = "pids=(); " + "".join(parts) + 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc'
-            seen: dict[str, int] = {}
-
-            def on_line(line: str) -> None:
-                m = _PROGRESS.match(line)
-                if m and int(m.group(2)) > seen.get(m.group(1), 0):
-                    n = int(m.group(2))
-                    if progress:
-                        progress(n - seen.get(m.group(1), 0))
-                    seen[m.group(1)] = n
-
-            r = self.src.stream(["bash", "-c", script], on_line)
-            self._check(what, r.ok, self.src.name, r.stderr)
-            sent = sum(seen.values())
-        else:  # through this machine, usually a slower path: always compressed
-            for j in jobs:
-                n, rs, rd = relay(self.src.open(shell.pipeline(*j.producer, _ZSTD)),
-                                  self.dst.open(["bash", "-c", self._remote([_UNZSTD, *j.consumer], j.then)]),
-                                  progress)
-                for r in (rs, rd):
-                    self._check(what, r.ok, r.host, r.stderr)
-                sent += n
+            body = "pids=()\n" + "".join(self._job_line(f"j{i}", j) for i, j in enumerate(jobs)) + _WAIT_ALL
+            r, sent = self._run_script(self._script(body), [], progress)
+            self.check(what, r)
+            return sent
+        sent = 0  # through this machine, usually a slower path: always compressed
+        for j in jobs:
+            n, rs, rd = relay(self.src.open(shell.pipeline(*j.producer, _ZSTD)),
+                              self.dst.open(["bash", "-c", self._remote([_UNZSTD, *j.consumer], j.then)]),
+                              progress)
+            for r in (rs, rd):
+                self.check(what, r)
+            sent += n
         self.bytes_sent += sent
         return sent
 
-    def copy_dirs(self, pairs: list[tuple[str, str, bool]], progress: Progress | None = None,
-                  compress: bool = True) -> int:
+    def dump_and_send(self, dump: list[str | int], src_img: str, dst_img: str, after: list[Job], *,
+                      compress: bool, progress: Progress | None = None,
+                      on_dumped: Callable[[], None] | None = None) -> tuple[CommandResult, int]:
+        """Run `dump` (argv writing CRIU images into src_img) on the source and send the
+        memory pages to dst_img while they are written: the copy runs during the dump, not
+        after it. Then the other image files and the `after` jobs. The MANIFEST goes along;
+        checking against it is the restore's first step (checkpoint.start_from_images).
+        Direct links only. Returns the dump's result when it failed (nothing else is sent),
+        else the whole result and the bytes sent."""
+        assert self.direct
+        body = (_FOLLOW
+                + self._job_line("small", tar_job(src_img, dst_img, exclude="pages-*.img", compress=compress))
+                + "".join(self._job_line(f"a{i}", j) for i, j in enumerate(after))
+                + _WAIT_ALL)
+
+        def line(text: str) -> None:
+            if text == "migrator: dumped" and on_dumped:
+                on_dumped()
+
+        return self._run_script(self._script(body), [src_img, dst_img, int(compress), *dump], progress, line)
+
+    def copy_dirs(self, pairs: list[tuple[str, str, bool]], progress: Progress | None = None) -> int:
         """Copy the contents of each src dir into its dst dir (which must exist); where the
-        flag is set, the receiving side checks the copy against its MANIFEST to succeed.
-        `compress` applies to the verified (checkpoint) copies; the others are always compressed."""
-        jobs = [Job([[*shell.TAR, "-C", s, "-cf", "-", "."]], [[*shell.TAR, "-C", d, "-xpf", "-"]],
-                    verify_argv(d) if verify else None, compress or not verify) for s, d, verify in pairs]
+        flag is set, the receiving side checks the copy against its MANIFEST to succeed."""
+        jobs = [tar_job(s, d, verify=verify) for s, d, verify in pairs]
         return self.pipes(jobs, "copy " + ", ".join(s for s, _, _ in pairs), progress)
 
     def copy_dir(self, src_dir: str, dst_dir: str, progress: Progress | None = None, verify: bool = False) -> int:

@@ -153,14 +153,17 @@ def test_target_dockerd_killed_during_restore(hosts: dict[str, LabHost], inv: In
     try:
         m, err = _run_with(inv, hook)
     finally:
-        lab.start_service(h2, "dockerd")
-        lab._wait_ready(h2)
+        lab.start_dockerd(h2)
     # Either the restore finished before the kill (then it is migrated and runs on lab2),
     # or it rolled back; never two copies, never none.
     _recover_leftovers(err)
     where = assert_invariant(hosts, 20_000)
     assert (where == "lab2") == (err is None), err
     record("target dockerd SIGKILLed during restore", "restore", m.report.status, hosts)
+    # A dockerd that comes back to a container CRIU restored without it (which the rollback
+    # then killed through runc) can keep a docker-proxy on the port: restart it, for the
+    # next tests.
+    lab.restart("lab2")
 
 
 def test_source_sshd_stopped_mid_migration(hosts: dict[str, LabHost], inv: Inventory, lab: Lab) -> None:
@@ -181,18 +184,15 @@ def test_source_sshd_stopped_mid_migration(hosts: dict[str, LabHost], inv: Inven
     record("source sshd stopped (sessions open stay)", "freeze", m.report.status, hosts)
 
 
-def test_criu_killed_mid_dump_source_answers_again(hosts: dict[str, LabHost], inv: Inventory, lab: Lab) -> None:
-    """A dump that dies part-way leaves the container frozen and behind CRIU's network lock
-    ('Up', but cut off): the rollback thaws it, removes the lock and checks it answers."""
-    a = hosts["lab1"]
-    a.sh("docker", "run", "-d", "--name", "r1", "-p", "6379:6379", "lab/redis")
-    fill(a.wait_redis(), 200_000)  # a dump long enough to be caught
-    mnt = os.readlink(f"/proc/{lab.host('lab1').anchor_pid}/ns/mnt")
+def criu_killer(lab: Lab, host: str) -> tuple[threading.Thread, list[int]]:
+    """A thread that SIGKILLs the first criu seen in `host`'s mount namespace, 50 ms after it
+    appears (within 20 s); the list gets its pid."""
+    mnt = os.readlink(f"/proc/{lab.host(host).anchor_pid}/ns/mnt")
     killed: list[int] = []
 
-    def killer() -> None:
+    def run() -> None:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not killed:
+        while time.monotonic() < deadline:
             for pid in os.listdir("/proc"):
                 try:
                     if (pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() == "criu"
@@ -205,16 +205,54 @@ def test_criu_killed_mid_dump_source_answers_again(hosts: dict[str, LabHost], in
                     continue
             time.sleep(0.002)
 
+    return threading.Thread(target=run), killed
+
+
+def test_criu_killed_mid_dump_source_answers_again(hosts: dict[str, LabHost], inv: Inventory, lab: Lab) -> None:
+    """A dump that dies part-way leaves the container frozen and behind CRIU's network lock
+    ('Up', but cut off): the rollback thaws it, removes the lock and checks it answers."""
+    a = hosts["lab1"]
+    a.sh("docker", "run", "-d", "--name", "r1", "-p", "6379:6379", "lab/redis")
+    fill(a.wait_redis(), 200_000)  # a dump long enough to be caught
+    killer, killed = criu_killer(lab, "lab1")
+
     def hook(ev: Event) -> None:
         if ev.kind == "phase" and ev.phase == "freeze":
-            threading.Thread(target=killer).start()
+            killer.start()
 
     m, err = _run_with(inv, hook)
+    killer.join()
     assert killed, "criu was never seen"
     assert isinstance(err, MigrationFailed), err
     assert assert_invariant(hosts, 200_000) == "lab1"
     a.redis().set("after", "1")  # it really answers (no network lock, not frozen)
     record("criu SIGKILLed part-way through the dump", "freeze", m.report.status, hosts)
+
+
+@pytest.mark.parametrize("op", ["checkpoint create", "clone"])
+def test_criu_killed_during_a_leave_running_dump(hosts: dict[str, LabHost], lab: Lab, op: str) -> None:
+    """`checkpoint create` (what `persist` runs) and `clone` dump with the container left
+    running: when CRIU dies part-way, it must keep running and answering, and nothing of the
+    attempt may stay (no checkpoint listed, no copy, no work dir, no lock)."""
+    a, b = hosts["lab1"], hosts["lab2"]
+    a.sh("docker", "run", "-d", "--name", "r1", "-p", "6379:6379", "lab/redis")
+    fill(a.wait_redis(), 200_000)
+    killer, killed = criu_killer(lab, "lab1")
+    killer.start()
+    if op == "clone":
+        r = run_cli("clone", "r1", "--from", "lab1", "--to", "lab2", "--name", "r1-copy")
+    else:
+        r = run_cli("checkpoint", "create", "r1", "--on", "lab1", "--leave-running")
+    killer.join()
+    assert killed, "criu was never seen"
+    assert r.returncode != 0 and "\nerror: lab1: checkpoint of" in "\n" + r.stderr, r.stderr
+    assert assert_invariant(hosts, 200_000) == "lab1"
+    a.redis(6379).set("after", "1")  # not frozen, no network lock
+    assert json.loads(run_cli("checkpoint", "ls", "--on", "lab1", "--json").stdout) == []
+    assert a.sh("bash", "-c", "ls -A /var/lib/migrator/checkpoints/r1 2>/dev/null || true").strip() == ""
+    assert b.running() == []
+    record(f"criu SIGKILLed part-way through `{op}`", "dump", "failed; the container never stopped answering",
+           hosts)
 
 
 def test_writes_fail_only_inside_the_reported_downtime(hosts: dict[str, LabHost], inv: Inventory) -> None:
@@ -289,3 +327,127 @@ def test_hostile_select_label_and_unreachable_host(hosts: dict[str, LabHost], tm
     assert not ghost["reachable"] and "unreachable" in ghost["error"]
     record("unreachable host in the inventory", "hosts", "reported within the connect timeout", hosts,
            "n/a (no data involved)")
+
+
+# On lab2 only (its own mount namespace), `cat` (what writes the memory pages there) flips a
+# byte of each pages file it wrote: a copy broken in transit or on the target's disk.
+CORRUPTING_CAT = r"""#!/bin/bash
+/tmp/real-cat "$@"; rc=$?
+out=$(readlink "/proc/$$/fd/1")
+case $out in
+  /dev/shm/migrator/*/img/pages-*.img)
+    b=$(dd if="$out" bs=1 skip=4096 count=1 status=none | od -An -tu1)
+    printf "\\$(printf %o $(( 255 - b )))" | dd of="$out" bs=1 seek=4096 conv=notrunc status=none ;;
+esac
+exit $rc
+"""
+
+
+def test_checkpoint_corrupted_in_transit_is_never_restored(hosts: dict[str, LabHost], inv: Inventory) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    start_redis(a)
+    fill(a.redis(), 20_000)
+    b.sh("cp", "/usr/bin/cat", "/tmp/real-cat")
+    b.host.put(CORRUPTING_CAT.encode(), "/tmp/corrupting-cat", 0o755)
+    b.sh("mount", "--bind", "/tmp/corrupting-cat", "/usr/bin/cat")
+    started: list[str] = []
+
+    def hook(ev: Event) -> None:
+        if ev.kind == "phase":
+            started.append(ev.phase)
+
+    try:
+        m, err = _run_with(inv, hook)
+    finally:
+        b.sh("umount", "/usr/bin/cat")
+    assert isinstance(err, MigrationFailed), err
+    assert "does not match its checksums" in str(err) and "not restoring from it" in str(err), err
+    assert m.report.status == "rolled_back" and "restore" in started
+    assert b.engine.containers(all=True) == [], "the target copy was never started, and is removed"
+    assert assert_invariant(hosts, 20_000) == "lab1"
+    record("a pages file corrupted in transit (a byte flipped on arrival)", "transfer/restore",
+           "checksum mismatch found before the restore; rolled back", hosts)
+
+
+def test_target_disk_full_during_transfer(hosts: dict[str, LabHost], inv: Inventory) -> None:
+    """The target's checkpoint area (its /dev/shm, a tmpfs) shrunk to 1 MiB at the freeze,
+    after preflight counted the space: the copy fails with ENOSPC and rolls back."""
+    a, b = hosts["lab1"], hosts["lab2"]
+    start_redis(a)
+    fill(a.redis(), 20_000)
+
+    def hook(ev: Event) -> None:
+        if ev.kind == "phase" and ev.phase == "freeze":
+            b.sh("mount", "-o", "remount,size=1m", "/dev/shm")
+
+    try:
+        m, err = _run_with(inv, hook)
+    finally:
+        b.sh("mount", "-o", "remount,size=50%", "/dev/shm")
+    assert isinstance(err, MigrationFailed), err
+    assert "No space left on device" in str(err), err
+    assert m.report.status == "rolled_back"
+    assert assert_invariant(hosts, 20_000) == "lab1"
+    record("target out of space for the checkpoint (its tmpfs shrunk to 1 MiB)", "transfer",
+           m.report.status, hosts)
+
+
+def test_auth_failure_one_line_and_no_key_material(hosts: dict[str, LabHost], tmp_path: Path) -> None:
+    key = tmp_path / "not_authorized"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    inv = tmp_path / "inv.yaml"
+    inv.write_text((ROOT / "inventory" / "lab.yaml").read_text().replace(
+        "  lab1:\n", f"  lab1:\n    identity_file: {key}\n", 1))
+    secret = [ln for ln in key.read_text().splitlines() if ln and "PRIVATE KEY" not in ln]
+    for args in (["-v", "migrate", "r1", "--from", "lab1", "--to", "lab2"], ["-v", "hosts", "--json"]):
+        r = run_cli(*args, inventory=inv)
+        out = r.stdout + r.stderr
+        assert "authentication failed" in out, out
+        assert not any(s in out for s in secret) and "PRIVATE KEY" not in out
+    assert r.returncode == 1  # `hosts` reports the host as unreachable, with the reason
+    r = run_cli("migrate", "r1", "--from", "lab1", "--to", "lab2", inventory=inv)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "authentication failed" in errors[0], r.stderr
+    record("wrong SSH key for the source", "resolve", "one-line error naming the key file; no key material "
+           "in any output, also with -v", hosts, "n/a (nothing touched)")
+
+
+def test_drain_with_the_link_cut_during_the_second_move(hosts: dict[str, LabHost], inv: Inventory) -> None:
+    """A drain is one migration per container: the one hit by the fault rolls back to the
+    source, the one already moved stays moved, each exactly once with all its data, and
+    the drain says which is which."""
+    from migrator import fleet
+
+    a, b = hosts["lab1"], hosts["lab2"]
+    for name, port in (("d1", 6379), ("d2", 6380)):
+        a.sh("docker", "run", "-d", "--name", name, "-p", f"{port}:6379", "lab/redis")
+        fill(a.wait_redis(port), 5_000, prefix=name)
+    veth = "mgv-lab2"
+    seen: list[str] = []
+
+    def hook(container: str, ev: Event) -> None:
+        if ev.kind == "phase" and ev.phase == "transfer":
+            seen.append(container)
+            if len(seen) == 2:
+                subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+
+    try:
+        plan = fleet.drain(inv, "lab1", to=["lab2"], events=hook)
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    out = {m.container: m.outcome for m in plan.moves}
+    first, second = seen
+    assert out == {first: "migrated", second: "rolled_back"}, out
+    assert not fleet.drain_ok(plan)
+    # what the rollback could not remove on lab2 while it was cut off, `recover` removes now
+    r = run_cli("recover", "--json")
+    assert r.returncode == 0 and all(x["outcome"] == "rolled_back" and not x["notes"]
+                                     for x in json.loads(r.stdout)), r.stdout
+    for name, port in (("d1", 6379), ("d2", 6380)):
+        where = [h for h in (a, b) if name in h.running()]
+        assert [h.name for h in where] == (["lab2"] if name == first else ["lab1"]), name
+        check_all(where[0].wait_redis(port), 5_000, prefix=name)
+    for h in (a, b):
+        assert not any(h.leftovers().values()), f"{h.name}: {h.leftovers()}"
+    record("drain of two: link to the target cut during the second move", "transfer",
+           "first migrated, second rolled back; drain reports it", hosts)
