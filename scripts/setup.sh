@@ -7,8 +7,9 @@ say() { printf 'setup: %s\n' "$*"; }
 [ "$(id -u)" -eq 0 ] || { echo "setup: must run as root (it installs packages and builds CRIU)" >&2; exit 1; }
 
 CRIU_MIN=4.2
+# podman and netavark only for the benchmark's comparison with Podman's own migration.
 APT_PKGS=(docker.io openssh-server rsync iproute2 iptables redis-server redis-tools busybox-static
-          zstd pv)
+          zstd podman netavark)
 CRIU_BUILD_DEPS=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
                  protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
                  libgnutls28-dev libnftables-dev uuid-dev libaio-dev)

@@ -34,7 +34,7 @@ SUBNET = "10.203.0"  # controller .1, hosts .11, .12, ...
 IMAGE = "lab/redis"
 # Mount points the hosts bind their own directories onto; made here if missing, and
 # removed again by `down` when the lab made them.
-MOUNT_POINTS = ["/var/lib/docker", "/etc/criu", "/var/lib/migrator", "/root/.ssh"]
+MOUNT_POINTS = ["/var/lib/docker", "/var/lib/containers", "/etc/criu", "/var/lib/migrator", "/root/.ssh"]
 
 Progress = Callable[[str], None]
 
@@ -198,7 +198,7 @@ class Lab:
         d = Path(h.dir)
         if d.exists():
             shutil.rmtree(d)
-        for sub in ("docker", "criu", "migrator", "root-ssh"):
+        for sub in ("docker", "containers", "criu", "migrator", "root-ssh"):
             (d / sub).mkdir(parents=True, mode=0o700)
         # Keys: the host's own host key, and the controller's public key for root.
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{h.name}-hostkey",

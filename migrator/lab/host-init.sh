@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs as the first process of one lab host: inside the host's network namespace and a new,
 # private mount namespace (`nsenter --net=... unshare --mount --propagation private`).
-# Gives the host its own /sys view, /run, /tmp, /dev/shm, /var/lib/docker, /etc/criu,
-# /root/.ssh, /root/.bashrc and scratch space, then starts its dockerd and sshd and stays as the anchor
-# that keeps the namespace alive. Usage: host-init.sh HOST_DIR
+# Gives the host its own /sys view, /run, /tmp, /dev/shm, /var/lib/docker,
+# /var/lib/containers, /etc/criu, /root/.ssh, /root/.bashrc and scratch space, then starts
+# its dockerd and sshd and stays as the anchor that keeps the namespace alive. Usage: host-init.sh HOST_DIR
 set -euo pipefail
 H=$1
 
@@ -20,6 +20,7 @@ chmod 0755 /run/sshd
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount --bind "$H/docker" /var/lib/docker
+mount --bind "$H/containers" /var/lib/containers  # podman's, for the benchmark's comparison
 mount --bind "$H/criu" /etc/criu
 mount --bind "$H/migrator" /var/lib/migrator
 mount --bind "$H/root-ssh" /root/.ssh

@@ -14,9 +14,9 @@ import run as bench  # noqa: E402
 
 
 def test_bench_smoke(hosts: dict[str, LabHost], tmp_path: Path) -> None:
-    res = bench.run([8], ["seed", "migrator", "floor"], tmp_path)
+    res = bench.run([8], ["seed", "migrator", "floor", "podman"], tmp_path)
     runs = {r["method"]: r for r in res["runs"]}
-    assert set(runs) == {"seed", "migrator", "floor"}
+    assert set(runs) == {"seed", "migrator", "floor", "podman"}
     for r in runs.values():
         assert r["data_ok"], r
         assert r["downtime_s"] > 0 and r["total_s"] > 0
