@@ -451,3 +451,31 @@ def test_drain_with_the_link_cut_during_the_second_move(hosts: dict[str, LabHost
         assert not any(h.leftovers().values()), f"{h.name}: {h.leftovers()}"
     record("drain of two: link to the target cut during the second move", "transfer",
            "first migrated, second rolled back; drain reports it", hosts)
+
+
+def test_checkpoint_files_private_in_transit_and_secrets_not_logged(hosts: dict[str, LabHost], inv: Inventory) -> None:
+    """While the images sit on both hosts (the restore is starting), no file or directory of
+    them is readable by anyone but root; a container's secret env never shows in -v output."""
+    a = hosts["lab1"]
+    a.sh("docker", "run", "-d", "--name", "r1", "-p", "6379:6379", "-e", "DB_PASSWORD=hunter2-not-for-logs",
+         "lab/redis")
+    fill(a.wait_redis(), 5_000)
+    seen: dict[str, str] = {}
+
+    def hook(ev: Event) -> None:
+        if ev.kind == "phase" and ev.phase == "restore":
+            for h in (a, hosts["lab2"]):
+                seen[h.name] = h.sh("bash", "-c", "find /dev/shm/migrator /var/lib/migrator/work -mindepth 1 "
+                                    "-perm /077 -printf '%m %p\\n'; find /dev/shm/migrator -name 'pages-*' | wc -l")
+
+    m, err = _run_with(inv, hook)
+    assert err is None, err
+    assert seen == {"lab1": "1\n", "lab2": "1\n"}, seen  # one pages file each side, nothing group/other-readable
+    record("checkpoint files while in transit (both hosts)", "restore", "0600 files in 0700 dirs", hosts)
+    a.sh("docker", "run", "-d", "--name", "r2", "-p", "6380:6379", "-e", "DB_PASSWORD=hunter2-not-for-logs",
+         "lab/redis")
+    a.wait_redis(6380)
+    r = run_cli("-v", "migrate", "r2", "--from", "lab1", "--to", "lab3", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "hunter2" not in r.stdout + r.stderr
+    assert "migrator-transfer" in r.stderr and "PRIVATE KEY" not in r.stderr  # -v logs commands, never keys
