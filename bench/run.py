@@ -242,6 +242,8 @@ def run(sizes: list[int], methods: list[str], out_dir: Path) -> dict[str, Any]:
                                "cpus": os.cpu_count(), "runs": []}
     try:
         for mib in sizes:
+            for h in (a, b):
+                h.run(["docker", "rm", "-f", NAME], check=False)
             if any(m != "podman" for m in methods):
                 start_redis(a, mib)
             where = a

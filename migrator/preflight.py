@@ -86,7 +86,7 @@ def run(src: Host, dst: Host, spec: Spec, src_wd: str, dst_wd: str) -> Preflight
     pf.add(t, "architecture", sinfo.get("Architecture") == dinfo.get("Architecture"),
            f"{dinfo.get('Architecture')} here, {sinfo.get('Architecture')} on {s}")
     # CPU features: what the process may use on the source must exist on the target.
-    r = src.run(["criu", "cpuinfo", "dump", "-D", src_wd], check=False)
+    r = src.run(["bash", "-c", 'umask 077; exec criu cpuinfo dump -D "$1"', "_", src_wd], check=False)
     if pf.add(s, "criu cpuinfo dump", r.ok, r.stderr.strip()[-200:]):
         dst.put(src.get(f"{src_wd}/cpuinfo.img"), f"{dst_wd}/cpuinfo.img")
         r = dst.run(["criu", "cpuinfo", "check", "-D", dst_wd], check=False)

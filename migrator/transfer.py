@@ -47,6 +47,7 @@ send() {
     | "${SSH[@]}" "$3"
 }
 """
+DUMPED = "migrator: dumped"  # said by _FOLLOW on stderr when the dump is complete
 _WAIT_ALL = 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc\n'
 # After _SEND, with IMG DST Z DUMP...: run DUMP in the background; send each pages-*.img it
 # writes to DST while it grows (tail ends once the dump has ended and it read the file to its
@@ -173,7 +174,8 @@ class Link:
                 on_line(text)
 
         r = self.src.stream(["bash", "-c", script, "transfer", *argv], line)
-        r = dataclasses.replace(r, stderr="\n".join(x for x in r.stderr.splitlines() if not _JOB_LINE.match(x)))
+        r = dataclasses.replace(r, stderr="\n".join(x for x in r.stderr.splitlines()
+                                                    if not _JOB_LINE.match(x) and x != DUMPED))
         sent = sum(seen.values())
         self.bytes_sent += sent
         return r, sent
@@ -213,7 +215,7 @@ class Link:
                 + _WAIT_ALL)
 
         def line(text: str) -> None:
-            if text == "migrator: dumped" and on_dumped:
+            if text == DUMPED and on_dumped:
                 on_dumped()
 
         return self._run_script(self._script(body), [src_img, dst_img, int(compress), *dump], progress, line)

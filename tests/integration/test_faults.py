@@ -369,27 +369,41 @@ def test_checkpoint_corrupted_in_transit_is_never_restored(hosts: dict[str, LabH
            "checksum mismatch found before the restore; rolled back", hosts)
 
 
-def test_target_disk_full_during_transfer(hosts: dict[str, LabHost], inv: Inventory) -> None:
-    """The target's checkpoint area (its /dev/shm, a tmpfs) shrunk to 1 MiB at the freeze,
-    after preflight counted the space: the copy fails with ENOSPC and rolls back."""
+@pytest.mark.parametrize("where", ["checkpoint area", "docker dir"])
+def test_target_out_of_space_during_transfer(hosts: dict[str, LabHost], inv: Inventory, where: str) -> None:
+    """At the freeze, after preflight counted the space, the target runs out of it: where the
+    CRIU images land (its /dev/shm, a tmpfs, shrunk to 1 MiB), or where the container's
+    filesystem diff lands (its upper dir in the docker directory, a 64 KiB tmpfs mounted
+    over it). The copy fails with ENOSPC and rolls back."""
     a, b = hosts["lab1"], hosts["lab2"]
     start_redis(a)
     fill(a.redis(), 20_000)
+    a.sh("docker", "exec", "r1", "sh", "-c", "head -c 2000000 /dev/urandom > /written")
+    undo: list[list[str]] = []
 
     def hook(ev: Event) -> None:
         if ev.kind == "phase" and ev.phase == "freeze":
-            b.sh("mount", "-o", "remount,size=1m", "/dev/shm")
+            if where == "checkpoint area":
+                b.sh("mount", "-o", "remount,size=1m", "/dev/shm")
+                undo.append(["mount", "-o", "remount,size=50%", "/dev/shm"])
+            else:
+                upper = b.engine.inspect("r1")["GraphDriver"]["Data"]["UpperDir"]
+                b.sh("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", upper)
+                undo.append(["umount", upper])
 
     try:
         m, err = _run_with(inv, hook)
     finally:
-        b.sh("mount", "-o", "remount,size=50%", "/dev/shm")
+        for argv in undo:
+            b.sh(*argv, check=False)  # the upper dir may be gone with the target copy already
+    assert "tmpfs" not in b.sh("bash", "-c", "findmnt -rn -o FSTYPE -T /var/lib/docker/overlay2 || true")
     assert isinstance(err, MigrationFailed), err
-    assert "No space left on device" in str(err), err
+    assert "No space left on device" in str(err) or "Wrote only" in str(err), err  # tar's short write
     assert m.report.status == "rolled_back"
+    _recover_leftovers(err)
     assert assert_invariant(hosts, 20_000) == "lab1"
-    record("target out of space for the checkpoint (its tmpfs shrunk to 1 MiB)", "transfer",
-           m.report.status, hosts)
+    assert len(a.sh("docker", "exec", "r1", "cat", "/written")) > 0
+    record(f"target out of space ({where}) during the copy", "transfer", m.report.status, hosts)
 
 
 def test_auth_failure_one_line_and_no_key_material(hosts: dict[str, LabHost], tmp_path: Path) -> None:
