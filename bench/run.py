@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 import threading
 import time
@@ -233,7 +234,7 @@ def floor(h: Host) -> dict[str, Any]:
     return {"dump_s": dump_s, "restore_s": restore_s, "total_s": dump_s + restore_s}
 
 
-def run(sizes: list[int], methods: list[str], out_dir: Path) -> dict[str, Any]:
+def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) -> dict[str, Any]:
     lab = Lab()
     lab.up(3, ROOT / "inventory" / "lab.yaml")
     inv = load(ROOT / "inventory" / "lab.yaml")
@@ -247,8 +248,11 @@ def run(sizes: list[int], methods: list[str], out_dir: Path) -> dict[str, Any]:
             if any(m != "podman" for m in methods):
                 start_redis(a, mib)
             where = a
-            for method in methods:
-                if method == "podman":
+            # `repeat` rounds of the Docker methods on one container, then of Podman's on another
+            order = [m for _ in range(repeat) for m in methods if m != "podman"]
+            order += ["podman"] * repeat if "podman" in methods else []
+            for i, method in enumerate(order):
+                if method == "podman" and (i == 0 or order[i - 1] != "podman"):
                     where.run(["docker", "rm", "-f", NAME], check=False)
                     podman_setup([a, b])
                     start_redis(a, mib, "podman")
@@ -287,17 +291,34 @@ def run(sizes: list[int], methods: list[str], out_dir: Path) -> dict[str, Any]:
     return results
 
 
-def table(results: dict[str, Any]) -> str:
-    rows = ["| size | method | downtime (s) | total (s) | bytes sent | vs seed downtime | vs floor |",
-            "|---|---|---|---|---|---|---|"]
-    by = {(r["size_mib"], r["method"]): r for r in results["runs"]}
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (size, method): the median of its runs (and the range), in run order."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in results["runs"]:
+        groups.setdefault((r["size_mib"], r["method"]), []).append(r)
+    rows = []
+    for (size, method), rs in groups.items():
+        down = sorted(r["downtime_s"] for r in rs)
+        rows.append({"size_mib": size, "method": method, "runs": len(rs),
+                     "downtime_s": statistics.median(down), "downtime_min": down[0], "downtime_max": down[-1],
+                     "total_s": statistics.median(r["total_s"] for r in rs),
+                     "bytes_sent": statistics.median(r["bytes_sent"] for r in rs) if "bytes_sent" in rs[0] else None})
+    return rows
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = ["| size | method | downtime (s) | range (s) | total (s) | bytes sent | vs seed downtime | vs floor |",
+            "|---|---|---|---|---|---|---|---|"]
+    summ = summary(results)
+    by = {(r["size_mib"], r["method"]): r for r in summ}
+    for r in summ:
         seed = by.get((r["size_mib"], "seed"))
         fl = by.get((r["size_mib"], "floor"))
         vs_seed = f"{r['downtime_s'] / seed['downtime_s']:.2f}x" if seed and seed["downtime_s"] else "-"
         vs_floor = f"{r['downtime_s'] / fl['downtime_s']:.2f}x" if fl and fl["downtime_s"] else "-"
-        sent = f"{r.get('bytes_sent', 0) / 1048576:.1f} MiB" if "bytes_sent" in r else "-"
-        rows.append(f"| {r['size_mib']} MiB | {r['method']} | {r['downtime_s']:.2f} | {r['total_s']:.2f} | {sent} "
+        sent = f"{r['bytes_sent'] / 1048576:.1f} MiB" if r["bytes_sent"] is not None else "-"
+        rows.append(f"| {r['size_mib']} MiB | {r['method']} | {r['downtime_s']:.2f} | "
+                    f"{r['downtime_min']:.2f}-{r['downtime_max']:.2f} | {r['total_s']:.2f} | {sent} "
                     f"| {vs_seed} | {vs_floor} |")
     return "\n".join(rows) + "\n"
 
@@ -306,7 +327,9 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / results["date"].replace(":", "")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    stem.with_suffix(".md").write_text(f"Benchmark {results['date']} ({results['cpus']} CPUs)\n\n" + table(results))
+    rounds = max(r["runs"] for r in summary(results))
+    stem.with_suffix(".md").write_text(f"Benchmark {results['date']} ({results['cpus']} CPUs; median of {rounds} "
+                                       f"run(s) per method and size)\n\n" + table(results))
     try:
         import matplotlib
 
@@ -316,8 +339,9 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
         print("matplotlib missing: no plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in sorted({r["method"] for r in results["runs"]}):
-        pts = sorted((r["size_mib"], r["downtime_s"]) for r in results["runs"] if r["method"] == method)
+    summ = summary(results)
+    for method in sorted({r["method"] for r in summ}):
+        pts = sorted((r["size_mib"], r["downtime_s"]) for r in summ if r["method"] == method)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
     ax.set_xlabel("Redis data (MiB)")
     ax.set_ylabel("downtime seen by a client (s)")
@@ -339,8 +363,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,256,1024", help="MiB of Redis data, comma-separated")
     ap.add_argument("--methods", default="seed,migrator,floor,podman")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of every method per size; the median is reported")
     args = ap.parse_args()
-    res = run([int(x) for x in args.sizes.split(",")], args.methods.split(","), Path(args.out))
+    res = run([int(x) for x in args.sizes.split(",")], args.methods.split(","), Path(args.out), args.repeat)
     print(table(res))
 
 
