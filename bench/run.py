@@ -171,8 +171,9 @@ def used_memory(addr: str) -> int:
 
 
 def crui_seconds(log: str) -> float:
-    ts = TS_RE.findall(log)
-    return float(ts[-1]) if ts else 0.0
+    """The latest timestamp in a CRIU log: the restored tasks write their own lines into it,
+    so the last line is not always the last event."""
+    return max((float(t) for t in TS_RE.findall(log)), default=0.0)
 
 
 def seed_flow(src: Host, dst: Host) -> dict[str, Any]:
