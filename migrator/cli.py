@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import hosts as hosts_mod
 from . import inventory as inv_mod
@@ -27,8 +28,14 @@ app.add_typer(lab_app, name="lab")
 cp_app = typer.Typer(no_args_is_help=True, help="Stored checkpoints on a host: create, ls, rm.")
 app.add_typer(cp_app, name="checkpoint")
 
-out = Console()
-err = Console(stderr=True)
+# Markup off: messages carry text from hosts and users (CRIU logs, names, paths) in which
+# "[...]" is data. Our own styling goes through styled().
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
+
+
+def styled(style: str, label: str, rest: str = "") -> Text:
+    return Text.assemble((label, style), rest)
 DEBUG_LOG = Path(tempfile.gettempdir()) / "migrator-debug.log"
 
 
@@ -57,7 +64,7 @@ def load_inventory() -> inv_mod.Inventory:
 
 
 def fail(e: MigratorError) -> NoReturn:
-    err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+    err.print(styled("red", "error:", f" {e}"), highlight=False, soft_wrap=True)
     raise typer.Exit(int(e.exit_code))
 
 
@@ -66,15 +73,17 @@ def print_json(obj: Any) -> None:
 
 
 def progress_line(msg: str) -> None:
-    err.print(f"[dim]·[/dim] {msg}", highlight=False)
+    err.print(styled("dim", "·", f" {msg}"), highlight=False)
 
 
 # --- hosts ------------------------------------------------------------------------------
 def _status_table(rows: list[hosts_mod.HostStatus]) -> Table:
     t = Table("host", "address", "reachable", "docker", "criu", "running", "note")
     for r in rows:
-        reach = "[green]yes[/green]" if r.reachable else "[red]no[/red]"
-        t.add_row(r.name, r.address, reach + (" [yellow](cordoned)[/yellow]" if r.cordoned else ""),
+        reach = styled("green", "yes") if r.reachable else styled("red", "no")
+        if r.cordoned:
+            reach.append(" (cordoned)", "yellow")
+        t.add_row(r.name, r.address, reach,
                   (r.docker_version or "-")
                   + ("" if r.experimental in (None, True) else " (experimental off)"),
                   r.criu_version or "-", ", ".join(r.containers_running) or "-", r.error or "")
@@ -111,7 +120,7 @@ class Renderer:
             return
         if ev.kind == "phase":
             self.started[ev.phase] = time.monotonic()
-            err.print(f"[bold]{ev.phase}[/bold] ...", highlight=False)
+            err.print(styled("bold", ev.phase, " ..."), highlight=False)
         elif ev.kind == "done":
             extra = f", {_human(ev.bytes)}" if ev.bytes else ""
             err.print(f"  {ev.phase} done in {ev.message}{extra}", highlight=False)
@@ -123,7 +132,7 @@ class Renderer:
                           highlight=False)
         elif ev.kind in ("info", "warn"):
             color = "yellow" if ev.kind == "warn" else "dim"
-            err.print(f"  [{color}]{ev.message}[/{color}]", highlight=False)
+            err.print(styled(color, f"  {ev.message}"), highlight=False)
 
 
 def _human(n: int) -> str:
@@ -139,8 +148,8 @@ def _report_table(rep: Any) -> Table:
               f"{rep.status}")
     for p in rep.phases:
         t.add_row(p.name, f"{p.seconds:.2f}", _human(p.bytes) if p.bytes else "")
-    t.add_row("[bold]downtime[/bold]", f"{rep.downtime_s:.2f}", "")
-    t.add_row("[bold]total[/bold]", f"{rep.total_s:.2f}", _human(rep.bytes_sent))
+    t.add_row(styled("bold", "downtime"), f"{rep.downtime_s:.2f}", "")
+    t.add_row(styled("bold", "total"), f"{rep.total_s:.2f}", _human(rep.bytes_sent))
     return t
 
 
@@ -174,12 +183,12 @@ def migrate_cmd(
         t = Table("host", "check", "result", title=f"plan: move {rep.container} {rep.source} -> "
                   f"{rep.target} (preflight passed; nothing changed)")
         for c in rep.preflight:
-            t.add_row(c["host"], c["name"], "[green]ok[/green]" if c["ok"] else f"[red]{c['detail']}[/red]")
+            t.add_row(c["host"], c["name"], styled("green", "ok") if c["ok"] else styled("red", c["detail"]))
         out.print(t)
     else:
         out.print(_report_table(rep))
         for w in rep.warnings:
-            err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+            err.print(styled("yellow", "warning:", f" {w}"), highlight=False)
 
 
 @app.command("recover")
@@ -254,7 +263,7 @@ def _fleet_events(container: str, ev: Any) -> None:
     if ev.kind == "done":
         err.print(f"  {container}: {ev.phase} done in {ev.message}", highlight=False)
     elif ev.kind == "warn":
-        err.print(f"  [yellow]{container}: {ev.message}[/yellow]", highlight=False)
+        err.print(styled("yellow", f"  {container}: {ev.message}"), highlight=False)
 
 
 @app.command("drain")
@@ -307,7 +316,7 @@ def evacuate_cmd(
             t.add_row(r["container"], r["host"], r["checkpoint"], r["outcome"])
         out.print(t)
         for lost in ev.lost:
-            err.print(f"[red]not recovered:[/red] {lost['container']}: {lost['why']}", highlight=False)
+            err.print(styled("red", "not recovered:", f" {lost['container']}: {lost['why']}"), highlight=False)
     for n in ev.notes:
         err.print(f"note: {n}", highlight=False)
     if not dry_run and not ev.ok:
@@ -357,7 +366,7 @@ def play_cmd(
         return
     t = Table("step", "host", "ok", "seconds", "detail", title=f"{rep.playbook}" + (" (dry run)" if dry_run else ""))
     for r in rep.results:
-        t.add_row(f"{r.step} {r.name}", r.host, "yes" if r.ok else "[red]no[/red]", f"{r.seconds:.1f}", r.detail)
+        t.add_row(f"{r.step} {r.name}", r.host, "yes" if r.ok else styled("red", "no"), f"{r.seconds:.1f}", r.detail)
     out.print(t)
 
 
@@ -602,7 +611,7 @@ def main() -> None:
             sys.exit(130)
         with DEBUG_LOG.open("a") as f:
             f.write(traceback.format_exc())
-        err.print(f"[red]internal error:[/red] {e!r}; traceback in {DEBUG_LOG}")
+        err.print(styled("red", "internal error:", f" {e!r}; traceback in {DEBUG_LOG}"))
         sys.exit(int(ExitCode.FAILED_NOT_ROLLED_BACK))
 
 
