@@ -27,6 +27,8 @@ def journal_dir() -> Path:
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     return d
 
+PENDING_CLEANUP = "cleanup-pending"  # phase of a rolled-back migration (the source runs) with leftovers to remove
+
 
 @dataclass
 class Entry:
@@ -91,6 +93,6 @@ def unfinished(source: str, container: str) -> Entry | None:
     """An unfinished operation on this container (by name or id) whose process is gone."""
     for e in load_all():
         mine = container == e.container or (len(container) >= 12 and e.container_id.startswith(container))
-        if e.source == source and mine and not e.alive() and e.phase != "cleanup-pending":
+        if e.source == source and mine and not e.alive() and e.phase != PENDING_CLEANUP:
             return e
     return None

@@ -27,7 +27,6 @@ from .transfer import Link, open_link, remove_key, ship_image, stop_master, tar_
 from .transport import Host
 
 log = logging.getLogger(__name__)
-PENDING_CLEANUP = "cleanup-pending"  # rolled back, the source runs; leftovers to remove
 PHASES = ["resolve", "preflight", "presync", "freeze", "transfer", "filesystem", "restore", "verify",
           "cleanup"]
 
@@ -419,7 +418,7 @@ class Migration:
         self.report.warnings += left
         if back:
             if left:  # the source runs; what could not be removed yet, `recover` removes later
-                self.entry.phase = PENDING_CLEANUP
+                self.entry.phase = journal.PENDING_CLEANUP
                 self.entry.save()
                 left.append("run `migrator recover` once the hosts answer, to remove these")
             else:
@@ -459,7 +458,7 @@ def recover(inv: Inventory, only: str | None = None) -> list[Recovered]:
         if only and only not in (e.mid, e.container):
             continue
         r = Recovered(e.mid, e.container, e.source, e.target, e.phase, "failed")
-        if e.phase != PENDING_CLEANUP and e.alive():
+        if e.phase != journal.PENDING_CLEANUP and e.alive():
             r.outcome = "running"
             r.notes.append(f"its controller (pid {e.pid}) still runs")
             out.append(r)
@@ -467,7 +466,7 @@ def recover(inv: Inventory, only: str | None = None) -> list[Recovered]:
         try:
             with Host(inv.host(e.source)) as src, Host(inv.host(e.target)) as dst:
                 sides = Sides(e, src, dst)
-                if e.phase == PENDING_CLEANUP:
+                if e.phase == journal.PENDING_CLEANUP:
                     safe, left = sides.remove_target_copy()
                     r.notes += left + (sides.undo_and_clean() if safe else [])
                     r.outcome = "rolled_back"
@@ -486,7 +485,7 @@ def recover(inv: Inventory, only: str | None = None) -> list[Recovered]:
                         r.notes += left
                         r.outcome = "rolled_back" if back else "failed"
                         if back:
-                            e.phase = PENDING_CLEANUP
+                            e.phase = journal.PENDING_CLEANUP
         except MigratorError as ex:
             r.notes.append(str(ex))
         if r.outcome in ("completed", "rolled_back") and not r.notes:

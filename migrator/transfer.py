@@ -40,9 +40,10 @@ _ZSTD = ["zstd", "-1", "-T0", "-q", "-c"]  # its frames carry a checksum that `z
 _UNZSTD = ["zstd", "-d", "-q", "-c"]
 # send JOB Z REMOTE: stdin, through zstd if Z is 1, to REMOTE (a command line) on the target
 # over SSH; dd between counts the bytes on the wire and reports them as `JJOB N bytes`.
-_SEND = r"""
+# UNZSTD is the matching decompressor, as a command line for REMOTEs.
+_SEND = f"ZSTD=({shell.join(_ZSTD)})\nUNZSTD={shell.quote(shell.join(_UNZSTD))}\n" + r"""
 send() {
-  { if [ "$2" = 1 ]; then zstd -1 -T0 -q -c; else cat; fi; } \
+  { if [ "$2" = 1 ]; then "${ZSTD[@]}"; else cat; fi; } \
     | dd bs=1M iflag=fullblock status=progress 2> >(stdbuf -oL tr '\r' '\n' | sed -u "s/^/J$1 /" >&2) \
     | "${SSH[@]}" "$3"
 }
@@ -52,8 +53,8 @@ _WAIT_ALL = 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc\n
 # After _SEND, with IMG DST Z DUMP...: run DUMP in the background; send each pages-*.img it
 # writes to DST while it grows (tail ends once the dump has ended and it read the file to its
 # end). When the dump fails, stop the senders and exit with its status; when it succeeds,
-# say "migrator: dumped" on stderr and go on with the rest of the script.
-_FOLLOW = r"""
+# say DUMPED on stderr and go on with the rest of the script.
+_FOLLOW = f"DUMPED={shell.quote(DUMPED)}\n" + r"""
 img=$1 dst=$2 z=$3; shift 3
 "$@" & dump=$!
 declare -A seen; pids=(); n=0
@@ -64,7 +65,7 @@ while :; do
     [[ -e $f && $b =~ ^pages-[0-9]+\.img$ && -z ${seen[$b]:-} ]] || continue
     seen[$b]=1; n=$((n + 1))
     remote="umask 077; cat > $(printf %q "$dst/$b")"
-    [ "$z" = 1 ] && remote="zstd -d -q -c | { $remote; }"
+    [ "$z" = 1 ] && remote="$UNZSTD | { $remote; }"
     if [ $alive = 1 ]; then
       ( set -o pipefail; tail -c +1 -s 0.02 -f --pid="$dump" "$f" | send "p$n" "$z" "$remote" ) & pids+=($!)
     else
@@ -76,7 +77,7 @@ while :; do
 done
 wait "$dump"; rc=$?
 if [ $rc != 0 ]; then kill "${pids[@]}" 2>/dev/null; wait; exit $rc; fi
-echo "migrator: dumped" >&2
+echo "$DUMPED" >&2
 """
 
 

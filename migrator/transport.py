@@ -193,26 +193,13 @@ class Host:
         it arrives: for progress reports of long commands."""
         cmd = shell.join(argv)
         ch = self._exec(cmd, None)
-        out, err, partial = io.BytesIO(), io.BytesIO(), b""
         try:
             ch.shutdown_write()
-            while True:
-                while ch.recv_ready():
-                    out.write(ch.recv(CHUNK))
-                while ch.recv_stderr_ready():
-                    data = ch.recv_stderr(CHUNK)
-                    err.write(data)
-                    *lines, partial = (partial + data).replace(b"\r", b"\n").split(b"\n")
-                    for line in lines:
-                        on_line(line.decode(errors="replace"))
-                if ch.exit_status_ready() and not ch.recv_ready() and not ch.recv_stderr_ready():
-                    break
-                select.select([ch], [], [], 1.0)
+            out, err = _drain(ch, on_line=on_line)
             rc = ch.recv_exit_status()
         finally:
             ch.close()
-        return CommandResult(self.name, cmd, rc, out.getvalue().decode(errors="replace"),
-                             err.getvalue().decode(errors="replace"))
+        return CommandResult(self.name, cmd, rc, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def ok(self, argv: Sequence[str | int], timeout: float | None = 60) -> bool:
         return self.run(argv, check=False, timeout=timeout).ok
@@ -277,15 +264,22 @@ class Stream:
                              err.decode(errors="replace"))
 
 
-def _drain(ch: paramiko.Channel, timeout: float | None = None) -> tuple[bytes, bytes]:
-    """Read stdout and stderr to the end without letting either window fill and block."""
-    out, err = io.BytesIO(), io.BytesIO()
+def _drain(ch: paramiko.Channel, timeout: float | None = None,
+           on_line: Callable[[str], None] | None = None) -> tuple[bytes, bytes]:
+    """Read stdout and stderr to the end without letting either window fill and block;
+    each complete stderr line (ended by \\n or \\r) also goes to on_line as it arrives."""
+    out, err, partial = io.BytesIO(), io.BytesIO(), b""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         while ch.recv_ready():
             out.write(ch.recv(CHUNK))
         while ch.recv_stderr_ready():
-            err.write(ch.recv_stderr(CHUNK))
+            data = ch.recv_stderr(CHUNK)
+            err.write(data)
+            if on_line:
+                *lines, partial = (partial + data).replace(b"\r", b"\n").split(b"\n")
+                for line in lines:
+                    on_line(line.decode(errors="replace"))
         if ch.exit_status_ready() and not ch.recv_ready() and not ch.recv_stderr_ready():
             return out.getvalue(), err.getvalue()
         wait = 1.0 if deadline is None else deadline - time.monotonic()
