@@ -17,6 +17,7 @@ session dies (the lock names the wrapper's pid on the host; a dead one is taken 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import shell
 from .container import Spec
 from .engine import Engine
 from .errors import CommandError, LockedError, MigratorError
@@ -162,11 +164,14 @@ mv "$conf.new" "$conf"
 "$@"
 """
 
-# manifest DIR: a CRC line per file; verify_manifest DIR: DIR matches its MANIFEST, or says not.
+# manifest DIR: a CRC line per regular file (pages CRIU wrote into a pipe have none: SSH's
+# MAC covered them on the wire); verify_manifest DIR: every file MANIFEST names is there with
+# that CRC, or it says not.
 _MANIFEST = r"""
 manifest() { (cd "$1" && find . -type f ! -name MANIFEST -print0 | sort -z | xargs -0 -r cksum -a crc); }
 verify_manifest() {
-  diff <(manifest "$1") "$1/MANIFEST" >/dev/null && return
+  diff <(cd "$1" && sed 's/^[0-9]* [0-9]* //' MANIFEST | tr '\n' '\0' | xargs -0 -r cksum -a crc 2>&1) \
+    "$1/MANIFEST" >/dev/null && [ -s "$1/MANIFEST" ] && return
   echo "checkpoint in $1 does not match its checksums; not restoring from it" >&2; return 1
 }
 """
@@ -199,6 +204,7 @@ for f in "$img"/*; do
     *) cp -p "$f" "$cpdir/" ;;
   esac
 done
+rm -f "$img/../reserve"  # prepare_memory's: the restored process gets its memory
 docker start --checkpoint "$name" "$ctr" >/dev/null
 rm -rf "$cpdir"
 [ $# -gt 0 ] || exit 0
@@ -232,8 +238,54 @@ else
   [ "$leave" = 1 ] && args+=(--leave-running)
   docker checkpoint create "${args[@]}" "$ctr" "$(basename "$img")" >/dev/null
 fi
+[ -e "$img/MANIFEST" ] && exit 0  # a held dump's post-dump step wrote it
 chmod -R go-rwx "$img"
 manifest "$img" > "$img/MANIFEST"
+"""
+
+# CRIU's post-dump action script of a held dump (see `dump_argv`), in HOLD: the images are
+# complete and the container's processes are still frozen behind CRIU's network lock. Write
+# the MANIFEST, say so (HOLD/dumped), and wait for the controller's verdict (HOLD/verdict):
+# "commit" lets CRIU kill the processes (they run on the target now); anything else makes
+# CRIU resume them, untouched. Only for the dump of the container it was made for.
+_POST_DUMP = "#!/bin/bash\n" + _MANIFEST + r"""
+[ "${CRTOOLS_SCRIPT_ACTION:-}" = post-dump ] || exit 0
+hold=${0%/*}
+[ "${CRTOOLS_INIT_PID:-}" = "$(cat "$hold/pid")" ] || exit 0
+img=$(cat "$hold/img")
+chmod -R go-rwx "$img"; manifest "$img" > "$img/MANIFEST"
+: > "$hold/dumped"
+exec 3<>"$hold/tick"  # a pipe nobody writes: `read -t` on it sleeps without a process
+until [ -e "$hold/verdict" ]; do read -r -t 0.02 _ <&3 || :; done
+[ "$(cat "$hold/verdict")" = commit ]
+"""
+
+# held HOLD PID IMG CMD...: run CMD (a dump whose CRIU calls HOLD/post-dump) detached from
+# this session, so that it outlives it; return once the dump is complete (0) or failed (its
+# status, its output on stderr). HOLD/rc gets CMD's status when it ends.
+_HELD = r"""
+hold=$1 pid=$2 img=$3; shift 3
+umask 077; mkdir -p "$hold"; rm -f "$hold/dumped" "$hold/verdict" "$hold/rc"
+[ -p "$hold/tick" ] || mkfifo "$hold/tick"
+printf '%s\n' "$pid" > "$hold/pid"; printf '%s\n' "$img" > "$hold/img"
+printf '%s' "$POST_DUMP" > "$hold/post-dump"; chmod 0700 "$hold/post-dump"
+setsid bash -c '"$@" > "$0/out" 2>&1; echo $? > "$0/rc.new"; mv "$0/rc.new" "$0/rc"' "$hold" "$@" \
+  </dev/null >/dev/null 2>&1 &
+exec 3<>"$hold/tick"
+until [ -e "$hold/dumped" ] || [ -e "$hold/rc" ]; do read -r -t 0.01 _ <&3 || :; done
+[ -e "$hold/dumped" ] && exit 0
+cat "$hold/out" >&2; exit "$(cat "$hold/rc")"
+"""
+
+# release HOLD VERDICT: give a held dump its verdict (unless it already ended), wait until
+# runc returns and print its status (none: the dump was never held here).
+_RELEASE = r"""
+hold=$1
+[ -d "$hold" ] || exit 0
+[ -e "$hold/rc" ] || { printf '%s\n' "$2" > "$hold/verdict.new"; mv "$hold/verdict.new" "$hold/verdict"; }
+for _ in $(seq 1200); do [ -e "$hold/rc" ] && break; sleep 0.05; done
+[ -e "$hold/rc" ] || { echo "the dump held in $hold did not end" >&2; exit 1; }
+cat "$hold/rc"
 """
 
 
@@ -275,20 +327,154 @@ def image_dir(host: Host, op: str, need_bytes: int) -> str:
     return f"{SHM_DIR}/{op}/img" if free > need_bytes * 1.5 else f"{workdir(op)}/img"
 
 
-def dump_argv(container_id: str, img: str, *, root: str, leave_running: bool = False) -> list[str | int]:
+def hold_dir(op: str) -> str:
+    return f"{workdir(op)}/hold"
+
+
+# prepare IMG MIB: two files of MIB MiB of zeros beside each other, written at once.
+_PREPARE = r"""
+umask 077
+dd if=/dev/zero of="$1/pages-1.img" bs=1M count="$2" status=none & a=$!
+dd if=/dev/zero of="$1/../reserve" bs=1M count="$2" status=none & b=$!
+wait "$a" && wait "$b"
+"""
+
+
+def prepare_memory(host: Host, img: str, need_bytes: int) -> bool:
+    """Before the freeze, put to use on the target the memory the restore will need, when its
+    tmpfs has room for it twice: IMG/pages-1.img, which the incoming pages overwrite in place
+    (`in_place`), and a reserve of the same size that the restore frees just before it starts
+    (its process gets that memory back). Allocating memory is then no part of the downtime,
+    and a target short of it fails here, before the freeze. Returns whether it did."""
+    mib = need_bytes // 1048576 + 1
+    if not img.startswith(SHM_DIR + "/") or free_bytes(host, "/dev/shm") < 2.5 * need_bytes:
+        return False
+    r = host.run(["bash", "-c", _PREPARE, "prepare", img, mib], check=False, timeout=600)
+    if not r.ok:
+        host.run(["rm", "-f", f"{img}/pages-1.img", f"{img}/../reserve"], check=False)
+        raise MigratorError(f"{host.name}: could not set aside {mib} MiB for the restore: {_tail(r.stderr)}",
+                            hint="free memory there or pick another target")
+    return True
+
+
+def in_place(path: str, job: str = "") -> str:
+    """A remote command (POSIX sh): stdin over the file at `path` from its start, without
+    allocating anew what it already has (see prepare_memory), then cut to what came; with
+    `job`, says the byte count as a transfer job line (J<job> N bytes) on stderr."""
+    p = shell.quote(path)
+    say = f' && echo "J{job} $n bytes" >&2' if job else ""
+    return (f'umask 077; s=$(dd of={p} bs=1M conv=notrunc 2>&1) || {{ echo "$s" >&2; exit 1; }}; '
+            f"n=$(printf '%s' \"$s\" | sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p'); "
+            f'truncate -s "$n" {p}{say}')
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    v = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, i
+
+
+def _fields(msg: bytes) -> dict[int, int]:
+    """The varint fields of a protobuf message (all a CRIU pagemap entry needs), by number."""
+    out, i = {}, 0
+    while i < len(msg):
+        key, i = _varint(msg, i)
+        kind = key & 7
+        if kind == 0:
+            out[key >> 3], i = _varint(msg, i)
+        elif kind == 2:
+            n, i = _varint(msg, i)
+            i += n
+        else:
+            i += 8 if kind == 1 else 4
+    return out
+
+
+PE_PARENT, PE_PRESENT = 1, 4  # CRIU's pagemap entry flags (criu/include/pagemap.h)
+
+
+def pages_size(pagemap: bytes) -> tuple[int, int]:
+    """(pages file id, its size in bytes) from a CRIU pagemap image: two magic words, then
+    messages behind their 32-bit length: a head naming the pages-<id>.img, then one entry per
+    run of pages (nr_pages, field 5, or the older field 2; in the file when PRESENT)."""
+    msgs, i = [], 8
+    while i + 4 <= len(pagemap):
+        n = int.from_bytes(pagemap[i:i + 4], "little")
+        msgs.append(_fields(pagemap[i + 4:i + 4 + n]))
+        i += 4 + n
+    if not msgs:
+        raise ValueError("no pagemap head")
+    size = 0
+    for e in msgs[1:]:
+        flags = e.get(4, PE_PARENT if e.get(3) else PE_PRESENT)
+        if flags & PE_PRESENT:
+            size += e.get(5, e.get(2, 0)) * 4096
+    return msgs[0].get(1, 0), size
+
+
+def check_pages(host: Host, img: str) -> None:
+    """Every pages-<id>.img in `img` has the size its pagemap says: pages cut short on the
+    way (they are streamed, not in the MANIFEST) would make CRIU's restore spin, not fail."""
+    r = host.run(["bash", "-c", 'cd "$1" && for f in pagemap-*.img; do echo "$(base64 -w0 "$f")"; done && '
+                  'for f in pages-*.img; do [ ! -e "$f" ] || echo "$f $(stat -c %s "$f")"; done', "_", img])
+    want: dict[int, int] = {}
+    have: dict[str, int] = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("pages-"):
+            name, n = line.split()
+            have[name] = int(n)
+        elif line:
+            pid, size = pages_size(base64.b64decode(line))
+            want[pid] = want.get(pid, 0) + size
+    for pid, size in want.items():
+        got = have.get(f"pages-{pid}.img", 0)
+        if size and got != size:
+            raise MigratorError(f"{host.name}: pages-{pid}.img in {img} has {got} bytes, its pagemap says {size};"
+                                " not restoring from it")
+
+
+def dump_argv(container_id: str, img: str, *, root: str, leave_running: bool = False,
+              hold: tuple[str, int] | None = None) -> list[str | int]:
     """argv that checkpoints the container's processes into `img` (CRIU images, 0600, and
-    their MANIFEST)."""
+    their MANIFEST). With `hold` (the operation id and the container's pid), the dump keeps
+    the processes frozen once the images are complete, in a process of its own on the host,
+    and the argv returns then: `release` later commits (they die) or aborts (they resume)."""
     work = f"{os.path.dirname(img)}/criu-work"
-    return criu_argv(["bash", "-c", _DUMP, "dump", root, img, work, int(leave_running), container_id])
+    argv: list[str | int] = ["bash", "-c", _DUMP, "dump", root, img, work, int(leave_running), container_id]
+    if hold is None:
+        return criu_argv(argv)
+    h = hold_dir(hold[0])
+    return ["env", f"POST_DUMP={_POST_DUMP}", "bash", "-c", _HELD, "held", h, hold[1], img,
+            *criu_argv(argv, [*MIGRATE_CRIU_OPTS, f"action-script {h}/post-dump"])]
 
 
-def dump(host: Host, container_id: str, img: str, *, root: str, leave_running: bool = False) -> None:
-    r = host.run(dump_argv(container_id, img, root=root, leave_running=leave_running), check=False, timeout=3600)
+def dump(host: Host, container_id: str, img: str, *, root: str, leave_running: bool = False,
+         hold: tuple[str, int] | None = None) -> None:
+    r = host.run(dump_argv(container_id, img, root=root, leave_running=leave_running, hold=hold),
+                 check=False, timeout=3600)
     try:
         criu_result(host, f"checkpoint of {container_id[:12]}", r)
     except MigratorError:
+        if hold:
+            release(host, hold[0], commit=False)
         repair(host, container_id)  # a dump that died part-way may have left it frozen and cut off
         raise
+
+
+def release(host: Host, op: str, *, commit: bool) -> int | None:
+    """End the held dump of operation `op`: commit (CRIU kills the frozen processes) or not
+    (CRIU resumes them). Returns runc's status, None when no dump was held there. Safe to
+    call again: a dump that ended keeps its status."""
+    r = host.run(["bash", "-c", _RELEASE, "release", hold_dir(op), "commit" if commit else "abort"],
+                 check=False, timeout=90)
+    if not r.ok:
+        raise MigratorError(f"{host.name}: {r.stderr.strip() or 'releasing the held dump failed'}")
+    return int(r.stdout.strip()) if r.stdout.strip().isdigit() else None
 
 
 def repair(host: Host, container_id: str) -> None:

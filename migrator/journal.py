@@ -43,7 +43,7 @@ class Entry:
     tid: str = ""
     ports: list[int] = field(default_factory=list)
     target_started: bool = False  # the target copy was (being) started: it may run
-    src_img: str = ""  # where the source's CRIU images are (to restore it on rollback)
+    src_img: str = ""  # the source's CRIU images (a rollback restores from them if its processes are gone)
     dst_img: str = ""
     # What was made or changed, in order, so it can be undone by anyone who reads this.
     undo: list[dict[str, Any]] = field(default_factory=list)

@@ -1,10 +1,11 @@
 """Live migration of one container: resolve, preflight, pre-sync, freeze, move, restore.
 
 Every change is recorded, as data, in the controller's journal before the next step, so a
-failure here, or a killed controller later (`migrator recover`), can undo it. After the
-freeze the source is restored from its own checkpoint, and only counted as back once the
-ports that answered before answer again. The target copy is removed before the source is
-started: never two running copies.
+failure here, or a killed controller later (`migrator recover`), can undo it. The dump
+holds the source's processes frozen (CRIU's post-dump step waits for a verdict) until the
+target copy answers: then they are killed; on a rollback they resume where they stopped, and
+count as back once the ports that answered before answer again. The target copy is removed
+before the source resumes: never two running copies.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class Sides:
         self.e, self.src, self.dst = entry, src, dst
         self.se, self.de = Engine(src), Engine(dst)
         self.restored = False  # the source was started again from its checkpoint images
+        self.unfinished = False  # the source's frozen processes could not be told to go
 
     def _undo(self, rec: dict[str, Any]) -> None:
         kind = rec["kind"]
@@ -125,6 +127,14 @@ class Sides:
         """The target is the container now: remove the source (unless kept, stopped) and
         everything temporary, the checkpoint images with it."""
         warnings = []
+        try:
+            rc = cp.release(self.src, self.e.mid, commit=True)
+        except MigratorError as ex:
+            self.unfinished = True
+            return [f"{self.src.name}: {self.e.container} stays frozen there, cut off from the network, "
+                    f"because it could not be told to stop ({ex}); run `migrator recover` once it answers"]
+        if rc:
+            warnings.append(f"{self.src.name}: the held dump ended with status {rc} after the commit")
         if not self.e.keep_source:
             try:
                 self.se.remove_container(self.e.container_id)
@@ -172,10 +182,14 @@ class Sides:
         if not safe:
             return False, left
         restore_err: MigratorError | None = None
+        try:  # a held dump: CRIU resumes the processes, untouched
+            cp.release(self.src, e.mid, commit=False)
+        except MigratorError as ex:
+            left.append(str(ex))
         info = self.se.inspect(e.container_id)
         if info is None:
             return False, left + [f"{self.src.name}: container {e.container} is gone"]
-        if info["State"].get("Running"):  # the dump did not complete
+        if info["State"].get("Running"):  # resumed, or the dump did not complete
             cp.repair(self.src, e.container_id)
         else:
             try:
@@ -322,7 +336,8 @@ class Migration:
             return self._failed(e, left, back, sides.restored)
         with self.phase("cleanup"):
             self.report.warnings += sides.finish()
-        self.entry.remove()
+        if not sides.unfinished:  # else `recover` finishes it (the entry stays, in cleanup)
+            self.entry.remove()
         self.report.status = "migrated"
         return self.report
 
@@ -359,6 +374,8 @@ class Migration:
             self.entry.src_img = cp.image_dir(self.src, self.mid, self.memory)
             self.entry.dst_img = cp.image_dir(self.dst, self.mid, self.memory)
             self.dst.run(["mkdir", "-p", "-m", "0700", self.entry.dst_img])
+            if link.direct and cp.prepare_memory(self.dst, self.entry.dst_img, self.memory):
+                self.emit(Event("info", "presync", f"{self.dst.name}: memory for the restore set aside"))
             self.dst_upper = Spec(de.inspect(self.entry.tid) or {}).upper_dir
             de.docker_root  # noqa: B018 - asked now, not in the freeze window
             # Docker must not restart the frozen source on its own (two copies): its restart
@@ -386,7 +403,7 @@ class Migration:
                 pr.append(self.begin("transfer"))
 
             r, sent = link.dump_and_send(
-                cp.dump_argv(spec.id, e.src_img, root=self.root), e.src_img, e.dst_img,
+                cp.dump_argv(spec.id, e.src_img, root=self.root, hold=(self.mid, spec.pid)), e.src_img, e.dst_img,
                 [tar_job(s, d) for s, d in fs],
                 compress=self.compress, progress=self._progress("transfer"),
                 on_dumped=dumped)
@@ -398,7 +415,7 @@ class Migration:
             link.check(f"copy of {e.src_img}", r)
         else:
             with self.phase("freeze"):
-                cp.dump(self.src, spec.id, e.src_img, root=self.root)
+                cp.dump(self.src, spec.id, e.src_img, root=self.root, hold=(self.mid, spec.pid))
             with self.phase("transfer") as tr:
                 tr.bytes = link.copy_dirs([(e.src_img, e.dst_img, True)] + [(s, d, False) for s, d in fs],
                                           progress=self._progress("transfer"))
@@ -409,6 +426,8 @@ class Migration:
         with self.phase("restore"):
             e.target_started = True
             e.save()
+            if link.direct:  # the streamed pages are in no manifest: their sizes are checked
+                cp.check_pages(self.dst, e.dst_img)
             # checked against the manifest, and counted as up when its ports answer
             cp.start_from_images(self.dst, de, e.tid, e.dst_img, self.mid, verify=link.direct, ports=e.ports)
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import shell
-from .checkpoint import verify_argv
+from .checkpoint import in_place, verify_argv
 from .engine import Engine
 from .errors import CommandError, MigratorError
 from .transport import CommandResult, Host, relay
@@ -50,14 +50,23 @@ send() {
 """
 DUMPED = "migrator: dumped"  # said by _FOLLOW on stderr when the dump is complete
 _WAIT_ALL = 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc\n'
-# After _SEND, with IMG DST Z DUMP...: run DUMP in the background; send each pages-*.img it
-# writes to DST while it grows (tail ends once the dump has ended and it read the file to its
-# end). When the dump fails, stop the senders and exit with its status; when it succeeds,
-# say DUMPED on stderr and go on with the rest of the script.
+# After _SEND, with IMG DST Z P1 DUMP...: run DUMP in the background (it returns when the
+# images are complete). The first process's pages (all of them for a one-process container) go
+# straight from CRIU into SSH through a named pipe: no copy on the source, and ssh reads the
+# pipe itself; P1 writes them on the target (and says how many bytes). Every other pages-*.img is sent
+# while it grows (tail ends once the dump has returned and it read the file to its end). When
+# the dump fails, stop the senders and exit with its status; when it succeeds, say DUMPED on
+# stderr and go on with the rest of the script.
 _FOLLOW = f"DUMPED={shell.quote(DUMPED)}\n" + r"""
-img=$1 dst=$2 z=$3; shift 3
+img=$1 dst=$2 z=$3 p1=$4; shift 4
+declare -A seen; pids=(); n=1
+umask 077; mkdir -p "$img"; mkfifo "$img/pages-1.img"; seen[pages-1.img]=1
+if [ "$z" = 1 ]; then
+  ( set -o pipefail; send p1 1 "$UNZSTD | { $p1; }" < "$img/pages-1.img" ) & pids+=($!)
+else
+  "${SSH[@]}" "$p1" < "$img/pages-1.img" & pids+=($!)
+fi
 "$@" & dump=$!
-declare -A seen; pids=(); n=0
 while :; do
   alive=0; kill -0 "$dump" 2>/dev/null && alive=1
   for f in "$img"/pages-*.img; do
@@ -76,6 +85,7 @@ while :; do
   sleep 0.01
 done
 wait "$dump"; rc=$?
+exec 4<>"$img/pages-1.img"; exec 4>&-  # frees a sender still waiting for CRIU to open it (EOF)
 if [ $rc != 0 ]; then kill "${pids[@]}" 2>/dev/null; wait; exit $rc; fi
 echo "$DUMPED" >&2
 """
@@ -219,7 +229,8 @@ class Link:
             if text == DUMPED and on_dumped:
                 on_dumped()
 
-        return self._run_script(self._script(body), [src_img, dst_img, int(compress), *dump], progress, line)
+        p1 = in_place(f"{dst_img}/pages-1.img", "" if compress else "p1")
+        return self._run_script(self._script(body), [src_img, dst_img, int(compress), p1, *dump], progress, line)
 
     def copy_dirs(self, pairs: list[tuple[str, str, bool]], progress: Progress | None = None) -> int:
         """Copy the contents of each src dir into its dst dir (which must exist); where the

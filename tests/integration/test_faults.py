@@ -329,27 +329,45 @@ def test_hostile_select_label_and_unreachable_host(hosts: dict[str, LabHost], tm
            "n/a (no data involved)")
 
 
-# On lab2 only (its own mount namespace), `cat` (what writes the memory pages there) flips a
-# byte of each pages file it wrote: a copy broken in transit or on the target's disk.
-CORRUPTING_CAT = r"""#!/bin/bash
-/tmp/real-cat "$@"; rc=$?
-out=$(readlink "/proc/$$/fd/1")
-case $out in
-  /dev/shm/migrator/*/img/pages-*.img)
-    b=$(dd if="$out" bs=1 skip=4096 count=1 status=none | od -An -tu1)
-    printf "\\$(printf %o $(( 255 - b )))" | dd of="$out" bs=1 seek=4096 conv=notrunc status=none ;;
+# On lab2 only (its own mount namespace), a wrapper around the program that writes the
+# checkpoint there: `tar`, which unpacks the small image files, flips a byte of core-1.img
+# after it; `dd`, which writes the memory pages streamed from CRIU, drops their last 8 KiB (a
+# copy broken in transit or on the target's disk, and one cut short).
+CORRUPTING = {
+    "tar": r"""#!/bin/bash
+/tmp/real-tool "$@"; rc=$?
+dir=; prev=
+for a in "$@"; do [ "$prev" = -C ] && dir=$a; prev=$a; done
+case $dir in
+  /dev/shm/migrator/*/img)
+    f=$dir/core-1.img
+    b=$(/tmp/real-dd if="$f" bs=1 skip=16 count=1 status=none | od -An -tu1)
+    printf "\\$(printf %o $(( 255 - b )))" | /tmp/real-dd of="$f" bs=1 seek=16 conv=notrunc status=none ;;
 esac
 exit $rc
-"""
+""",
+    "dd": r"""#!/bin/bash
+for a in "$@"; do
+  case $a in if=*) exec /tmp/real-tool "$@" ;; esac
+done
+case " $* " in
+  *" of=/dev/shm/migrator/"*"/img/pages-"*) head -c -8192 | /tmp/real-tool "$@" ;;
+  *) exec /tmp/real-tool "$@" ;;
+esac
+""",
+}
 
 
-def test_checkpoint_corrupted_in_transit_is_never_restored(hosts: dict[str, LabHost], inv: Inventory) -> None:
+@pytest.mark.parametrize("tool", ["tar", "dd"])
+def test_checkpoint_corrupted_in_transit_is_never_restored(hosts: dict[str, LabHost], inv: Inventory,
+                                                            tool: str) -> None:
     a, b = hosts["lab1"], hosts["lab2"]
     start_redis(a)
     fill(a.redis(), 20_000)
-    b.sh("cp", "/usr/bin/cat", "/tmp/real-cat")
-    b.host.put(CORRUPTING_CAT.encode(), "/tmp/corrupting-cat", 0o755)
-    b.sh("mount", "--bind", "/tmp/corrupting-cat", "/usr/bin/cat")
+    b.sh("cp", f"/usr/bin/{tool}", "/tmp/real-tool")
+    b.sh("cp", "/usr/bin/dd", "/tmp/real-dd")
+    b.host.put(CORRUPTING[tool].encode(), "/tmp/corrupting-tool", 0o755)
+    b.sh("mount", "--bind", "/tmp/corrupting-tool", f"/usr/bin/{tool}")
     started: list[str] = []
 
     def hook(ev: Event) -> None:
@@ -359,22 +377,28 @@ def test_checkpoint_corrupted_in_transit_is_never_restored(hosts: dict[str, LabH
     try:
         m, err = _run_with(inv, hook)
     finally:
-        b.sh("umount", "/usr/bin/cat")
+        b.sh("umount", f"/usr/bin/{tool}")
     assert isinstance(err, MigrationFailed), err
-    assert "does not match its checksums" in str(err) and "not restoring from it" in str(err), err
+    if tool == "tar":  # the MANIFEST check, before anything is started
+        assert "does not match its checksums" in str(err) and "not restoring from it" in str(err), err
+    else:  # their size is checked against CRIU's pagemap (CRIU's restore would spin on them)
+        assert "its pagemap says" in str(err) and "not restoring from it" in str(err), err
     assert m.report.status == "rolled_back" and "restore" in started
-    assert b.engine.containers(all=True) == [], "the target copy was never started, and is removed"
+    assert b.engine.containers(all=True) == [], "the target copy does not run, and is removed"
     assert assert_invariant(hosts, 20_000) == "lab1"
-    record("a pages file corrupted in transit (a byte flipped on arrival)", "transfer/restore",
-           "checksum mismatch found before the restore; rolled back", hosts)
+    record("an image file corrupted in transit (a byte flipped on arrival)" if tool == "tar" else
+           "the memory pages cut short in transit (8 KiB missing)", "transfer/restore",
+           "checksum mismatch found before the restore; rolled back" if tool == "tar" else
+           "size mismatch with CRIU's pagemap found before the restore; rolled back", hosts)
 
 
 @pytest.mark.parametrize("where", ["checkpoint area", "docker dir"])
 def test_target_out_of_space_during_transfer(hosts: dict[str, LabHost], inv: Inventory, where: str) -> None:
     """At the freeze, after preflight counted the space, the target runs out of it: where the
-    CRIU images land (its /dev/shm, a tmpfs, shrunk to 1 MiB), or where the container's
-    filesystem diff lands (its upper dir in the docker directory, a 64 KiB tmpfs mounted
-    over it). The copy fails with ENOSPC and rolls back."""
+    CRIU images land (its /dev/shm, a tmpfs: the space set aside is freed and the tmpfs shrunk
+    to what is in use), or where the container's filesystem diff lands (its upper dir in the
+    docker directory, a 64 KiB tmpfs mounted over it). The copy fails with ENOSPC and rolls
+    back."""
     a, b = hosts["lab1"], hosts["lab2"]
     start_redis(a)
     fill(a.redis(), 20_000)
@@ -384,7 +408,10 @@ def test_target_out_of_space_during_transfer(hosts: dict[str, LabHost], inv: Inv
     def hook(ev: Event) -> None:
         if ev.kind == "phase" and ev.phase == "freeze":
             if where == "checkpoint area":
-                b.sh("mount", "-o", "remount,size=1m", "/dev/shm")
+                # what was set aside there before the freeze is taken away, and the tmpfs
+                # shrunk to what is left in use and 4 KiB more
+                b.sh("bash", "-c", 'rm -f /dev/shm/migrator/*/img/pages-1.img /dev/shm/migrator/*/reserve; '
+                     'u=$(df --output=used -k /dev/shm | tail -1); mount -o remount,size=$((u + 4))k /dev/shm')
                 undo.append(["mount", "-o", "remount,size=50%", "/dev/shm"])
             else:
                 upper = b.engine.inspect("r1")["GraphDriver"]["Data"]["UpperDir"]
