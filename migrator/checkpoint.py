@@ -331,9 +331,12 @@ def hold_dir(op: str) -> str:
     return f"{workdir(op)}/hold"
 
 
-# prepare IMG MIB: two files of MIB MiB of zeros beside each other, written at once.
+# prepare IMG MIB: two files of MIB MiB of zeros beside each other, written at once; exit 3
+# without writing when the host has not that memory available twice (with a margin).
 _PREPARE = r"""
 umask 077
+avail=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
+[ "${avail:-0}" -ge $(( $2 * 1024 * 9 / 4 )) ] || exit 3
 dd if=/dev/zero of="$1/pages-1.img" bs=1M count="$2" status=none & a=$!
 dd if=/dev/zero of="$1/../reserve" bs=1M count="$2" status=none & b=$!
 wait "$a" && wait "$b"
@@ -341,15 +344,17 @@ wait "$a" && wait "$b"
 
 
 def prepare_memory(host: Host, img: str, need_bytes: int) -> bool:
-    """Before the freeze, put to use on the target the memory the restore will need, when its
-    tmpfs has room for it twice: IMG/pages-1.img, which the incoming pages overwrite in place
-    (`in_place`), and a reserve of the same size that the restore frees just before it starts
-    (its process gets that memory back). Allocating memory is then no part of the downtime,
-    and a target short of it fails here, before the freeze. Returns whether it did."""
+    """Before the freeze, put to use on the target the memory the restore will need:
+    IMG/pages-1.img, which the incoming pages overwrite in place (`in_place`), and a reserve
+    of the same size that the restore frees just before it starts (its process gets that
+    memory back). Faulting in fresh memory is then no part of the downtime. Only when the
+    host has that memory available twice and its tmpfs the room; returns whether it did."""
     mib = need_bytes // 1048576 + 1
     if not img.startswith(SHM_DIR + "/") or free_bytes(host, "/dev/shm") < 2.5 * need_bytes:
         return False
     r = host.run(["bash", "-c", _PREPARE, "prepare", img, mib], check=False, timeout=600)
+    if r.rc == 3:  # not worth an out-of-memory risk there: the restore allocates as it goes
+        return False
     if not r.ok:
         host.run(["rm", "-f", f"{img}/pages-1.img", f"{img}/../reserve"], check=False)
         raise MigratorError(f"{host.name}: could not set aside {mib} MiB for the restore: {_tail(r.stderr)}",

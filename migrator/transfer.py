@@ -51,9 +51,9 @@ send() {
 DUMPED = "migrator: dumped"  # said by _FOLLOW on stderr when the dump is complete
 _WAIT_ALL = 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc\n'
 # After _SEND, with IMG DST Z P1 DUMP...: run DUMP in the background (it returns when the
-# images are complete). The first process's pages (all of them for a one-process container) go
-# straight from CRIU into SSH through a named pipe: no copy on the source, and ssh reads the
-# pipe itself; P1 writes them on the target (and says how many bytes). Every other pages-*.img is sent
+# images are complete). The first process's pages (all of a one-process container's) go from
+# CRIU into SSH through a named pipe: never written on the source, and read by ssh itself;
+# P1 writes them on the target (and says how many bytes). Every other pages-*.img is sent
 # while it grows (tail ends once the dump has returned and it read the file to its end). When
 # the dump fails, stop the senders and exit with its status; when it succeeds, say DUMPED on
 # stderr and go on with the rest of the script.
