@@ -196,14 +196,8 @@ img=$1 cpdir=$2 name=$3 ctr=$4 verify=$5 wait=$6; shift 6
 [ "$verify" = 0 ] || verify_manifest "$img"
 up=$(printf '../%.0s' $(seq 30))
 rm -rf "$cpdir"; mkdir -p "$cpdir"; chmod 0700 "$cpdir"
-for f in "$img"/*; do
-  b=${f##*/}
-  case "$b" in
-    pages-*.img) ln -s "$up${f#/}" "$cpdir/$b" ;;
-    MANIFEST) ;;
-    *) cp -p "$f" "$cpdir/" ;;
-  esac
-done
+for f in "$img"/pages-*.img; do [ ! -e "$f" ] || ln -s "$up${f#/}" "$cpdir/${f##*/}"; done
+find "$img" -maxdepth 1 -type f ! -name 'pages-*.img' ! -name MANIFEST -exec cp -p -t "$cpdir" {} +
 rm -f "$img/../reserve"  # prepare_memory's: the restored process gets its memory
 docker start --checkpoint "$name" "$ctr" >/dev/null
 rm -rf "$cpdir"
