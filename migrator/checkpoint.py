@@ -248,6 +248,12 @@ hold=${0%/*}
 [ "${CRTOOLS_INIT_PID:-}" = "$(cat "$hold/pid")" ] || exit 0
 img=$(cat "$hold/img")
 chmod -R go-rwx "$img"; manifest "$img" > "$img/MANIFEST"
+# From now on clients get a TCP reset here, not silence, so they turn to the target at once
+# (as if the source were gone); CRIU's own unlock, on abort, flushes these with its chain.
+for t in iptables ip6tables; do
+  nsenter -t "$CRTOOLS_INIT_PID" -n "$t" -w -I CRIU 2 -p tcp --tcp-flags RST RST -j ACCEPT 2>/dev/null &&
+    nsenter -t "$CRTOOLS_INIT_PID" -n "$t" -w -I CRIU 3 -p tcp -j REJECT --reject-with tcp-reset 2>/dev/null
+done
 : > "$hold/dumped"
 exec 3<>"$hold/tick"  # a pipe nobody writes: `read -t` on it sleeps without a process
 until [ -e "$hold/verdict" ]; do read -r -t 0.02 _ <&3 || :; done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -195,6 +196,37 @@ def test_target_dockerd_dies_source_comes_back(hosts: dict[str, LabHost], inv: I
     assert b.engine.inspect("r1") is None, "nothing left on the target"
     for h in (a, b):
         assert not any(h.leftovers().values()), f"{h.name}: {h.leftovers()}"
+
+
+def test_source_is_held_frozen_and_refusing_until_the_target_answers(hosts: dict[str, LabHost],
+                                                                      inv: Inventory) -> None:
+    """Between the dump and the verdict the source's process still exists, frozen (CRIU's
+    post-dump hold), and its address refuses connections at once; after the commit it is
+    gone. (The rollback side, the process resuming, is what the fault tests check.)"""
+    a, b = hosts["lab1"], hosts["lab2"]
+    fill(start_redis(a), 5_000)
+    pid = a.engine.inspect("r1")["State"]["Pid"]
+    seen: dict[str, object] = {}
+
+    def hook(ev: Event) -> None:
+        if ev.kind == "phase" and ev.phase == "restore":
+            seen["alive"] = a.host.ok(["test", "-e", f"/proc/{pid}"])
+            t0 = time.monotonic()
+            try:
+                socket.create_connection((a.address, 6379), timeout=2).close()
+                seen["connect"] = "accepted"
+            except ConnectionRefusedError:
+                seen["connect"] = "refused"
+            except OSError as ex:
+                seen["connect"] = f"{type(ex).__name__}"
+            seen["connect_s"] = time.monotonic() - t0
+
+    rep = Migration(inv, "r1", "lab1", "lab2", events=hook).run()
+    assert rep.status == "migrated"
+    assert seen["alive"] is True, seen  # held, not killed by the dump
+    assert seen["connect"] == "refused" and float(str(seen["connect_s"])) < 1, seen
+    assert not a.host.ok(["test", "-e", f"/proc/{pid}"]), "committed: the source's process is gone"
+    check_all(b.wait_redis(), 5_000)
 
 
 @pytest.mark.parametrize("args, needle", [
