@@ -203,7 +203,9 @@ def seed_flow(src: Host, dst: Host) -> dict[str, Any]:
     t_start = time.monotonic()
     se.remove_container(spec.id)
     for h in (src, dst):
-        h.run(["rm", "-rf", f"{BENCH_DIR}/seed"])
+        # containerd leaves its copy of every checkpoint it restored in /tmp (1.4 GB at 1 GiB):
+        # without this, three rounds at each size fill a lab host's /tmp
+        h.run(["bash", "-c", f"rm -rf {BENCH_DIR}/seed /tmp/ctrd-checkpoint*"])
     src.run(["docker", "rmi", img], check=False)
     return {"bytes_sent": n_img + n_cp, "phases": {
         "checkpoint": t_ck - t0, "commit": t_commit - t_ck, "save_load": t_img - t_commit,

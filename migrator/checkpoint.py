@@ -138,24 +138,31 @@ def checkpoint_dir(engine: Engine, container_id: str, name: str) -> str:
 RUNC_LOCK = f"{STATE_DIR}/locks/runc-conf"
 SHM_DIR = "/dev/shm/migrator"
 
-# criu-run LOCK CONF WAIT N OPT... CMD...: runc.conf with OPTs added, for CMD only.
-_CRIU_RUN = r"""
-lock=$1 conf=$2 wait=$3 n=$4; shift 4
-opts=("${@:1:$n}"); shift "$n"
+# put_back: runc.conf ($conf) as it was before the holder of $lock changed it, lock released.
+_PUT_BACK = r"""
 put_back() {
   if [ -e "$lock/runc.conf.orig" ]; then mv -f "$lock/runc.conf.orig" "$conf"
   elif [ -e "$lock/runc.conf.absent" ]; then rm -f "$conf"; fi
+  rm -rf "$lock"
 }
+"""
+
+# criu-run LOCK CONF WAIT N OPT... CMD...: runc.conf with OPTs added, for CMD only (a held
+# dump's post-dump step puts it back early: CRIU read it long before; the lock then names
+# another pid, or none, and is left alone here). CMD sees CRIU_RUN_PID, the lock's owner.
+_CRIU_RUN = _PUT_BACK + r"""
+lock=$1 conf=$2 wait=$3 n=$4; shift 4
+opts=("${@:1:$n}"); shift "$n"
 mkdir -p "$(dirname "$lock")"
 deadline=$((SECONDS + wait))
 until mkdir "$lock" 2>/dev/null; do
   owner=$(cat "$lock/pid" 2>/dev/null || true)
-  if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then put_back; rm -rf "$lock"; continue; fi
+  if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then put_back; continue; fi
   if [ "$SECONDS" -ge "$deadline" ]; then echo "$conf is held by pid ${owner:-unknown}" >&2; exit 75; fi
   sleep 0.2
 done
-echo $$ > "$lock/pid"
-trap 'put_back; rm -rf "$lock"' EXIT
+echo $$ > "$lock/pid"; export CRIU_RUN_PID=$$
+trap '[ "$(cat "$lock/pid" 2>/dev/null)" != $$ ] || put_back' EXIT
 trap 'exit 129' HUP INT TERM
 if [ -e "$conf" ]; then cp -p "$conf" "$lock/runc.conf.orig"; else : > "$lock/runc.conf.absent"; fi
 mkdir -p "$(dirname "$conf")"
@@ -242,12 +249,15 @@ manifest "$img" > "$img/MANIFEST"
 # the MANIFEST, say so (HOLD/dumped), and wait for the controller's verdict (HOLD/verdict):
 # "commit" lets CRIU kill the processes (they run on the target now); anything else makes
 # CRIU resume them, untouched. Only for the dump of the container it was made for.
-_POST_DUMP = "#!/bin/bash\n" + _MANIFEST + r"""
+_POST_DUMP = ("#!/bin/bash\n" + _MANIFEST + _PUT_BACK
+              + f"lock={shell.quote(RUNC_LOCK)} conf={shell.quote(RUNC_CONF)}\n") + r"""
 [ "${CRTOOLS_SCRIPT_ACTION:-}" = post-dump ] || exit 0
 hold=${0%/*}
 [ "${CRTOOLS_INIT_PID:-}" = "$(cat "$hold/pid")" ] || exit 0
 img=$(cat "$hold/img")
 chmod -R go-rwx "$img"; manifest "$img" > "$img/MANIFEST"
+# runc.conf back as it was, and its lock free, for the length of the hold
+[ -z "${CRIU_RUN_PID:-}" ] || [ "$(cat "$lock/pid" 2>/dev/null)" != "$CRIU_RUN_PID" ] || put_back
 # From now on clients get a TCP reset here, not silence, so they turn to the target at once
 # (as if the source were gone); CRIU's own unlock, on abort, flushes these with its chain.
 for t in iptables ip6tables; do
@@ -434,12 +444,12 @@ def check_pages(host: Host, img: str) -> None:
             name, n = line.split()
             have[name] = int(n)
         elif line:
-            pid, size = pages_size(base64.b64decode(line))
-            want[pid] = want.get(pid, 0) + size
-    for pid, size in want.items():
-        got = have.get(f"pages-{pid}.img", 0)
+            pages_id, size = pages_size(base64.b64decode(line))
+            want[pages_id] = want.get(pages_id, 0) + size
+    for pages_id, size in want.items():
+        got = have.get(f"pages-{pages_id}.img", 0)
         if size and got != size:
-            raise MigratorError(f"{host.name}: pages-{pid}.img in {img} has {got} bytes, its pagemap says {size};"
+            raise MigratorError(f"{host.name}: pages-{pages_id}.img in {img} has {got} bytes, its pagemap says {size};"
                                 " not restoring from it")
 
 

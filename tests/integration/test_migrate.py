@@ -201,8 +201,9 @@ def test_target_dockerd_dies_source_comes_back(hosts: dict[str, LabHost], inv: I
 def test_source_is_held_frozen_and_refusing_until_the_target_answers(hosts: dict[str, LabHost],
                                                                       inv: Inventory) -> None:
     """Between the dump and the verdict the source's process still exists, frozen (CRIU's
-    post-dump hold), and its address refuses connections at once; after the commit it is
-    gone. (The rollback side, the process resuming, is what the fault tests check.)"""
+    post-dump hold), its address refuses connections at once, and runc.conf is back as it
+    was (other dumps on that host need not wait for the hold); after the commit the process
+    is gone. (The rollback side, the process resuming, is what the fault tests check.)"""
     a, b = hosts["lab1"], hosts["lab2"]
     fill(start_redis(a), 5_000)
     pid = a.engine.inspect("r1")["State"]["Pid"]
@@ -211,6 +212,9 @@ def test_source_is_held_frozen_and_refusing_until_the_target_answers(hosts: dict
     def hook(ev: Event) -> None:
         if ev.kind == "phase" and ev.phase == "restore":
             seen["alive"] = a.host.ok(["test", "-e", f"/proc/{pid}"])
+            # runc.conf is back as it was and free for other dumps on the host during the hold
+            seen["runc.conf"] = a.sh("bash", "-c", "cat /etc/criu/runc.conf 2>/dev/null; "
+                                     "ls /var/lib/migrator/locks/runc-conf 2>/dev/null; true").strip()
             t0 = time.monotonic()
             try:
                 socket.create_connection((a.address, 6379), timeout=2).close()
@@ -224,6 +228,7 @@ def test_source_is_held_frozen_and_refusing_until_the_target_answers(hosts: dict
     rep = Migration(inv, "r1", "lab1", "lab2", events=hook).run()
     assert rep.status == "migrated"
     assert seen["alive"] is True, seen  # held, not killed by the dump
+    assert seen["runc.conf"] == "", seen
     assert seen["connect"] == "refused" and float(str(seen["connect_s"])) < 1, seen
     assert not a.host.ok(["test", "-e", f"/proc/{pid}"]), "committed: the source's process is gone"
     check_all(b.wait_redis(), 5_000)
