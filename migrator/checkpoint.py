@@ -208,6 +208,10 @@ find "$img" -maxdepth 1 -type f ! -name 'pages-*.img' ! -name MANIFEST -exec cp 
 rm -f "$img/../reserve"  # prepare_memory's: the restored process gets its memory
 docker start --checkpoint "$name" "$ctr" >/dev/null
 rm -rf "$cpdir"
+# containerd leaves its copy of the checkpoint in its /tmp: ours has our links to the pages
+for l in /tmp/ctrd-checkpoint*/pages-*.img; do
+  [ -L "$l" ] && [ "$(readlink "$l")" = "$up${img#/}/${l##*/}" ] && rm -rf "${l%/*}"
+done
 [ $# -gt 0 ] || exit 0
 read -r pid ip _ < <(docker inspect -f \
   '{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$ctr")

@@ -231,6 +231,8 @@ def test_source_is_held_frozen_and_refusing_until_the_target_answers(hosts: dict
     assert seen["runc.conf"] == "", seen
     assert seen["connect"] == "refused" and float(str(seen["connect_s"])) < 1, seen
     assert not a.host.ok(["test", "-e", f"/proc/{pid}"]), "committed: the source's process is gone"
+    assert b.sh("bash", "-c", "ls -d /tmp/ctrd-checkpoint* 2>/dev/null || true") == "", \
+        "containerd's copy of the checkpoint is removed"
     check_all(b.wait_redis(), 5_000)
 
 
