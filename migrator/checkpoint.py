@@ -248,12 +248,27 @@ chmod -R go-rwx "$img"
 manifest "$img" > "$img/MANIFEST"
 """
 
+# await SECONDS FILE...: until one of the FILEs exists (SECONDS 0: no bound; returns 1 when
+# they ran out), sleeping on $hold/tick, a pipe nobody writes (`read -t` on it sleeps
+# without starting a process).
+_AWAIT = r"""
+await() {
+  local end=$((SECONDS + $1)) bound=$1 f; shift
+  exec 3<>"$hold/tick"
+  while :; do
+    for f; do [ -e "$f" ] && return 0; done
+    [ "$bound" = 0 ] || [ "$SECONDS" -lt "$end" ] || return 1
+    read -r -t 0.01 _ <&3 || :
+  done
+}
+"""
+
 # CRIU's post-dump action script of a held dump (see `dump_argv`), in HOLD: the images are
 # complete and the container's processes are still frozen behind CRIU's network lock. Write
 # the MANIFEST, say so (HOLD/dumped), and wait for the controller's verdict (HOLD/verdict):
 # "commit" lets CRIU kill the processes (they run on the target now); anything else makes
 # CRIU resume them, untouched. Only for the dump of the container it was made for.
-_POST_DUMP = ("#!/bin/bash\n" + _MANIFEST + _PUT_BACK
+_POST_DUMP = ("#!/bin/bash\n" + _MANIFEST + _PUT_BACK + _AWAIT
               + f"lock={shell.quote(RUNC_LOCK)} conf={shell.quote(RUNC_CONF)}\n") + r"""
 [ "${CRTOOLS_SCRIPT_ACTION:-}" = post-dump ] || exit 0
 hold=${0%/*}
@@ -269,15 +284,14 @@ for t in iptables ip6tables; do
     nsenter -t "$CRTOOLS_INIT_PID" -n "$t" -w -I CRIU 3 -p tcp -j REJECT --reject-with tcp-reset 2>/dev/null
 done
 : > "$hold/dumped"
-exec 3<>"$hold/tick"  # a pipe nobody writes: `read -t` on it sleeps without a process
-until [ -e "$hold/verdict" ]; do read -r -t 0.02 _ <&3 || :; done
+await 0 "$hold/verdict"
 [ "$(cat "$hold/verdict")" = commit ]
 """
 
 # held HOLD PID IMG CMD...: run CMD (a dump whose CRIU calls HOLD/post-dump) detached from
 # this session, so that it outlives it; return once the dump is complete (0) or failed (its
 # status, its output on stderr). HOLD/rc gets CMD's status when it ends.
-_HELD = r"""
+_HELD = _AWAIT + r"""
 hold=$1 pid=$2 img=$3; shift 3
 umask 077; mkdir -p "$hold"; rm -f "$hold/dumped" "$hold/verdict" "$hold/rc"
 [ -p "$hold/tick" ] || mkfifo "$hold/tick"
@@ -285,20 +299,18 @@ printf '%s\n' "$pid" > "$hold/pid"; printf '%s\n' "$img" > "$hold/img"
 printf '%s' "$POST_DUMP" > "$hold/post-dump"; chmod 0700 "$hold/post-dump"
 setsid bash -c '"$@" > "$0/out" 2>&1; echo $? > "$0/rc.new"; mv "$0/rc.new" "$0/rc"' "$hold" "$@" \
   </dev/null >/dev/null 2>&1 &
-exec 3<>"$hold/tick"
-until [ -e "$hold/dumped" ] || [ -e "$hold/rc" ]; do read -r -t 0.01 _ <&3 || :; done
+await 0 "$hold/dumped" "$hold/rc"
 [ -e "$hold/dumped" ] && exit 0
 cat "$hold/out" >&2; exit "$(cat "$hold/rc")"
 """
 
 # release HOLD VERDICT: give a held dump its verdict (unless it already ended), wait until
 # runc returns and print its status (none: the dump was never held here).
-_RELEASE = r"""
+_RELEASE = _AWAIT + r"""
 hold=$1
 [ -d "$hold" ] || exit 0
 [ -e "$hold/rc" ] || { printf '%s\n' "$2" > "$hold/verdict.new"; mv "$hold/verdict.new" "$hold/verdict"; }
-for _ in $(seq 1200); do [ -e "$hold/rc" ] && break; sleep 0.05; done
-[ -e "$hold/rc" ] || { echo "the dump held in $hold did not end" >&2; exit 1; }
+await 60 "$hold/rc" || { echo "the dump held in $hold did not end" >&2; exit 1; }
 cat "$hold/rc"
 """
 
