@@ -395,6 +395,7 @@ class Migration:
         e, link = self.entry, self.link
         fs = [(spec.upper_dir, self.dst_upper)] if spec.upper_dir and self.dst_upper else []
         what = f"checkpoint of {spec.name}"
+        pages: dict[str, int] = {}  # streamed pages files (direct links): their sizes
         if link.direct:
             pr = [self.begin("freeze")]
 
@@ -402,7 +403,7 @@ class Migration:
                 self.end(pr[0])
                 pr.append(self.begin("transfer"))
 
-            r, sent = link.dump_and_send(
+            r, sent, pages = link.dump_and_send(
                 cp.dump_argv(spec.id, e.src_img, root=self.root, hold=(self.mid, spec.pid)), e.src_img, e.dst_img,
                 [tar_job(s, d) for s, d in fs],
                 compress=self.compress, progress=self._progress("transfer"),
@@ -426,10 +427,10 @@ class Migration:
         with self.phase("restore"):
             e.target_started = True
             e.save()
-            if link.direct:  # the streamed pages are in no manifest: their sizes are checked
-                cp.check_pages(self.dst, e.dst_img)
-            # checked against the manifest, and counted as up when its ports answer
-            cp.start_from_images(self.dst, de, e.tid, e.dst_img, self.mid, verify=link.direct, ports=e.ports)
+            # checked against the manifest (the streamed pages: their sizes), and counted as
+            # up when its ports answer
+            cp.start_from_images(self.dst, de, e.tid, e.dst_img, self.mid, verify=link.direct, ports=e.ports,
+                                 pages=pages)
 
     def _failed(self, e: MigratorError, left: list[str], back: bool, restored: bool) -> MigrationReport:
         assert self.entry is not None

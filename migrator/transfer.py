@@ -8,6 +8,7 @@ failure); the source verifies the target's host key from the inventory's known_h
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 import re
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import shell
-from .checkpoint import in_place, verify_argv
+from .checkpoint import expected_pages, in_place, verify_argv
 from .engine import Engine
 from .errors import CommandError, MigratorError
 from .transport import CommandResult, Host, relay
@@ -49,18 +50,20 @@ send() {
 }
 """
 DUMPED = "migrator: dumped"  # said by _FOLLOW on stderr when the dump is complete
+PAGEMAP = "migrator: pagemap "  # and before it, each of its pagemap images (base64) behind this
 _WAIT_ALL = 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc\n'
 # After _SEND, with IMG DST Z P1 DUMP...: run DUMP in the background (it returns when the
 # images are complete). The first process's pages (all of a one-process container's) go from
 # CRIU into SSH through a named pipe: never written on the source, and read by ssh itself;
 # P1 writes them on the target (and says how many bytes). Every other pages-*.img is sent
 # while it grows (tail ends once the dump has returned and it read the file to its end). When
-# the dump fails, stop the senders and exit with its status; when it succeeds, say DUMPED on
-# stderr and go on with the rest of the script.
-_FOLLOW = f"DUMPED={shell.quote(DUMPED)}\n" + r"""
+# the dump fails, stop the senders and exit with its status; when it succeeds, say its
+# pagemaps and DUMPED on stderr and go on with the rest of the script.
+_FOLLOW = f"DUMPED={shell.quote(DUMPED)} PAGEMAP={shell.quote(PAGEMAP)}\n" + r"""
 img=$1 dst=$2 z=$3 p1=$4; shift 4
 declare -A seen; pids=(); n=1
-umask 077; mkdir -p "$img"; mkfifo "$img/pages-1.img"; seen[pages-1.img]=1
+umask 077; mkdir -p "$img"; mkfifo "$img/pages-1.img" "$img/../tick"; seen[pages-1.img]=1
+exec 5<>"$img/../tick"  # a pipe nobody writes: `read -t` on it sleeps without starting a process
 if [ "$z" = 1 ]; then
   ( set -o pipefail; send p1 1 "$UNZSTD | { $p1; }" < "$img/pages-1.img" ) & pids+=($!)
 else
@@ -82,11 +85,12 @@ while :; do
     fi
   done
   [ $alive = 1 ] || break
-  sleep 0.01
+  read -r -t 0.01 _ <&5 || :
 done
 wait "$dump"; rc=$?
 exec 4<>"$img/pages-1.img"; exec 4>&-  # frees a sender still waiting for CRIU to open it (EOF)
 if [ $rc != 0 ]; then kill "${pids[@]}" 2>/dev/null; wait; exit $rc; fi
+for f in "$img"/pagemap-*.img; do [ ! -e "$f" ] || echo "$PAGEMAP$(base64 -w0 "$f")" >&2; done
 echo "$DUMPED" >&2
 """
 
@@ -185,8 +189,8 @@ class Link:
                 on_line(text)
 
         r = self.src.stream(["bash", "-c", script, "transfer", *argv], line)
-        r = dataclasses.replace(r, stderr="\n".join(x for x in r.stderr.splitlines()
-                                                    if not _JOB_LINE.match(x) and x != DUMPED))
+        r = dataclasses.replace(r, stderr="\n".join(x for x in r.stderr.splitlines() if not _JOB_LINE.match(x)
+                                                    and x != DUMPED and not x.startswith(PAGEMAP)))
         sent = sum(seen.values())
         self.bytes_sent += sent
         return r, sent
@@ -212,25 +216,31 @@ class Link:
 
     def dump_and_send(self, dump: list[str | int], src_img: str, dst_img: str, after: list[Job], *,
                       compress: bool, progress: Progress | None = None,
-                      on_dumped: Callable[[], None] | None = None) -> tuple[CommandResult, int]:
+                      on_dumped: Callable[[], None] | None = None) -> tuple[CommandResult, int, dict[str, int]]:
         """Run `dump` (argv writing CRIU images into src_img) on the source and send the
         memory pages to dst_img while they are written: the copy runs during the dump, not
         after it. Then the other image files and the `after` jobs. The MANIFEST goes along;
-        checking against it is the restore's first step (checkpoint.start_from_images).
-        Direct links only. Returns the dump's result when it failed (nothing else is sent),
-        else the whole result and the bytes sent."""
+        checking against it, and the pages files against the sizes returned here (from CRIU's
+        pagemaps), is the restore's first step (checkpoint.start_from_images). Direct links
+        only. Returns the dump's result when it failed (nothing else is sent), else the whole
+        result, the bytes sent and the pages files' sizes."""
         assert self.direct
         body = (_FOLLOW
                 + self._job_line("small", tar_job(src_img, dst_img, exclude="pages-*.img", compress=compress))
                 + "".join(self._job_line(f"a{i}", j) for i, j in enumerate(after))
                 + _WAIT_ALL)
 
+        pagemaps: list[bytes] = []
+
         def line(text: str) -> None:
-            if text == DUMPED and on_dumped:
+            if text.startswith(PAGEMAP):
+                pagemaps.append(base64.b64decode(text[len(PAGEMAP):]))
+            elif text == DUMPED and on_dumped:
                 on_dumped()
 
         p1 = in_place(f"{dst_img}/pages-1.img", "" if compress else "p1")
-        return self._run_script(self._script(body), [src_img, dst_img, int(compress), p1, *dump], progress, line)
+        r, sent = self._run_script(self._script(body), [src_img, dst_img, int(compress), p1, *dump], progress, line)
+        return r, sent, expected_pages(pagemaps)
 
     def copy_dirs(self, pairs: list[tuple[str, str, bool]], progress: Progress | None = None) -> int:
         """Copy the contents of each src dir into its dst dir (which must exist); where the

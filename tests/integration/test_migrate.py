@@ -216,6 +216,10 @@ def test_source_is_held_frozen_and_refusing_until_the_target_answers(hosts: dict
     def hook(ev: Event) -> None:
         if ev.kind == "phase" and ev.phase == "restore":
             seen["alive"] = a.host.ok(["test", "-e", f"/proc/{pid}"])
+            # the dump's pre-dump step froze the container: CRIU found it frozen, so it did not
+            # wait out its own 100 ms freezer poll (the first state it logs is a frozen one)
+            seen["freezer"] = a.sh("bash", "-c", "grep -m1 -E '^\\([0-9.]+\\) (freezer\\.state|cgroup\\.freeze)=' "
+                                   "/dev/shm/migrator/mig-*/criu-work/dump.log | cut -d' ' -f2").strip()
             # runc.conf is back as it was and free for other dumps on the host during the hold
             seen["runc.conf"] = a.sh("bash", "-c", "cat /etc/criu/runc.conf 2>/dev/null; "
                                      "ls /var/lib/migrator/locks/runc-conf 2>/dev/null; true").strip()
@@ -233,6 +237,7 @@ def test_source_is_held_frozen_and_refusing_until_the_target_answers(hosts: dict
     rep = Migration(inv, "r1", "lab1", "lab2", events=hook).run()
     assert rep.status == "migrated"
     assert seen["alive"] is True, seen  # held, not killed by the dump
+    assert seen["freezer"] in ("freezer.state=FROZEN", "cgroup.freeze=1"), seen
     assert seen["runc.conf"] == "", seen
     assert seen["connect"] == "refused" and float(str(seen["connect_s"])) < 1, seen
     assert not a.host.ok(["test", "-e", f"/proc/{pid}"]), "committed: the source's process is gone"

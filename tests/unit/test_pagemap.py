@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from migrator.checkpoint import PE_PARENT, PE_PRESENT, in_place, pages_size
+from migrator.checkpoint import PE_PARENT, PE_PRESENT, expected_pages, in_place, pages_size
 
 
 def _varint(v: int) -> bytes:
@@ -33,6 +33,14 @@ def test_present_pages_are_counted_by_either_size_field() -> None:
            + _msg(f1=0x7F0000200000, f2=5, f4=PE_PARENT)
            + _msg(f1=0x7F0000300000, f2=7))  # no flags: the old format, in the file
     assert pages_size(img) == (3, (2 + 300 + 7) * 4096)
+
+
+def test_expected_pages_names_each_pages_file_with_a_size() -> None:
+    head = b"\x19\x43\x56\x54" + b"\x00" * 4
+    one = head + _msg(f1=1) + _msg(f1=0x1000, f2=3, f4=PE_PRESENT)
+    two = head + _msg(f1=2) + _msg(f1=0x1000, f2=4, f4=PE_PRESENT) + _msg(f1=0x9000, f2=1, f4=PE_PRESENT)
+    empty = head + _msg(f1=3) + _msg(f1=0x1000, f2=9, f4=PE_PARENT)  # all in the parent: no file to check
+    assert expected_pages([one, two, empty]) == {"pages-1.img": 3 * 4096, "pages-2.img": 5 * 4096}
 
 
 def test_an_image_without_a_head_is_refused() -> None:
