@@ -229,7 +229,7 @@ def floor(h: Host) -> dict[str, Any]:
     cp.dump(h, spec.id, img, root=cp.runtime_root(h, spec.id))
     dump_s = crui_seconds(h.run(["cat", f"{cp.SHM_DIR}/{op}/criu-work/dump.log"]).stdout)
     log = f"{cp.workdir(op)}/restore.log"
-    cp.start_from_images(h, e, spec.id, img, op, options=[*cp.MIGRATE_CRIU_OPTS, f"log-file {log}"])
+    cp.start_from_images(h, e, spec.id, img, op, options=[*cp.MIGRATE_CRIU_OPTS, f"log-file {log}"], action=False)
     # CRIU may still be writing its log when `docker start` returns: read it once complete.
     assert wait_for(lambda: "Restore finished successfully" in h.run(["cat", log]).stdout, 30), "restore log"
     restore_s = crui_seconds(h.run(["cat", log]).stdout)

@@ -191,15 +191,65 @@ accepts() {
 }
 """
 
-# place-and-start IMG CPDIR NAME CONTAINER VERIFY WAIT PAGES PORT...: check IMG against its
-# MANIFEST (VERIFY=1) and each pages file against its size in PAGES ("pages-1.img:SIZE ..."),
-# make Docker's checkpoint dir with the small files copied and the pages linked (relatively:
-# CRIU reads them after entering the container's root, where an absolute link would point
-# inside the container), start from it, and wait up to WAIT s until the container accepts
+# refuse PID: inside CRIU's network lock of PID's network namespace (its CRIU chain, which
+# first lets CRIU's own packets through), answer TCP with a reset instead of dropping it, so
+# that clients turn away at once instead of waiting out a SYN retransmit (1 s and more).
+# Flushed with the lock's chain; nothing to do where there is no lock.
+_REFUSE = r"""
+refuse() {
+  local t
+  for t in iptables ip6tables; do
+    nsenter -t "$1" -n "$t" -w -I CRIU 2 -p tcp --tcp-flags RST RST -j ACCEPT 2>/dev/null &&
+      nsenter -t "$1" -n "$t" -w -I CRIU 3 -p tcp -j REJECT --reject-with tcp-reset 2>/dev/null
+  done
+  return 0
+}
+"""
+
+# guard -I|-D PORT...: on the host, refuse (TCP reset) or stop refusing the new connections
+# Docker forwards from these published ports to a container: between Docker publishing them
+# and the container's network being up they are dropped, and a client waits out a SYN
+# retransmit (1 s and more) instead of retrying at once.
+_GUARD = r"""
+guard() {
+  local op=$1 p t; shift
+  for p; do for t in iptables ip6tables; do
+    "$t" -w "$op" DOCKER-USER -p tcp --syn -m conntrack --ctstate DNAT --ctorigdstport "$p" \
+      -j REJECT --reject-with tcp-reset 2>/dev/null || :
+  done; done
+}
+"""
+
+# CRIU's action script of a restore (start_from_images), behind a line setting `published`
+# (the ports guarded while Docker sets the container up). Once CRIU has locked the restored
+# container's network (post-setup-namespaces), new connections to it are refused until the
+# restore unlocks it, not dropped. When it unlocks it: no more guard, and as clients that
+# tried before left the host's neighbour entry for its address unresolved (the kernel asks
+# again only a second later), ask now.
+_RESTORE_ACTION = _REFUSE + _GUARD + r"""
+[ -n "${CRTOOLS_INIT_PID:-}" ] || exit 0
+case ${CRTOOLS_SCRIPT_ACTION:-} in
+  post-setup-namespaces) refuse "$CRTOOLS_INIT_PID" ;;
+  network-unlock)
+    guard -D $published
+    for a in $(nsenter -t "$CRTOOLS_INIT_PID" -n ip -o addr show scope global | awk '{ print $4 }'); do
+      ip neigh flush to "${a%/*}" 2>/dev/null || :
+    done ;;
+esac
+exit 0
+"""
+
+# place-and-start IMG CPDIR NAME CONTAINER VERIFY WAIT PAGES ACTION PUBLISHED PORT...: check
+# IMG against its MANIFEST (VERIFY=1) and each pages file against its size in PAGES
+# ("pages-1.img:SIZE ..."), make Docker's checkpoint dir with the small files copied and the
+# pages linked (relatively: CRIU reads them after entering the container's root, where an
+# absolute link would point inside the container), put $RESTORE_ACTION at ACTION (CRIU's
+# action script, when not empty) and guard the PUBLISHED host ports ("PORT ...") until it
+# ends the guard, start from it, and wait up to WAIT s until the container accepts
 # connections on each PORT.
-_PLACE_AND_START = _MANIFEST + _ACCEPTS + r"""
+_PLACE_AND_START = _MANIFEST + _ACCEPTS + _GUARD + r"""
 set -e
-img=$1 cpdir=$2 name=$3 ctr=$4 verify=$5 wait=$6 pages=$7; shift 7
+img=$1 cpdir=$2 name=$3 ctr=$4 verify=$5 wait=$6 pages=$7 action=$8 published=$9; shift 9
 [ "$verify" = 0 ] || verify_manifest "$img"
 for p in $pages; do
   n=$(stat -c %s "$img/${p%:*}" 2>/dev/null || echo 0)
@@ -207,25 +257,34 @@ for p in $pages; do
                              exit 1; }
 done
 up=$(printf '../%.0s' $(seq 30))
+# What a restore leaves, removed when this ends, whether it started the container or not:
+# Docker's checkpoint dir, containerd's copy of it in its /tmp (it has our links to the
+# pages), the action script and its guard (CRIU's action ends that as soon as it can).
+leftovers() {
+  rm -rf "$cpdir"
+  for l in /tmp/ctrd-checkpoint*/pages-*.img; do
+    [ -L "$l" ] && [ "$(readlink "$l")" = "$up${img#/}/${l##*/}" ] && rm -rf "${l%/*}"
+  done
+  [ -z "$action" ] || { guard -D $published; rm -f "$action"; rmdir "${action%/*}" 2>/dev/null || :; }
+  return 0
+}
+trap leftovers EXIT
 rm -rf "$cpdir"; mkdir -p "$cpdir"; chmod 0700 "$cpdir"
 for f in "$img"/pages-*.img; do [ ! -e "$f" ] || ln -s "$up${f#/}" "$cpdir/${f##*/}"; done
 find "$img" -maxdepth 1 -type f ! -name 'pages-*.img' ! -name MANIFEST -exec cp -p -t "$cpdir" {} +
+if [ -n "$action" ]; then
+  mkdir -p "${action%/*}"
+  printf '#!/bin/bash\npublished=%q\n%s' "$published" "$RESTORE_ACTION" > "$action"; chmod 0700 "$action"
+  guard -I $published
+fi
 # prepare_memory's reserve: the restored process gets its memory. Freed while Docker sets
 # up the container (~0.1 s before CRIU allocates any), not before.
 rm -f "$img/../reserve" & freed=$!
 docker start --checkpoint "$name" "$ctr" >/dev/null
 wait "$freed" || :
-rm -rf "$cpdir"
-# containerd leaves its copy of the checkpoint in its /tmp: ours has our links to the pages
-for l in /tmp/ctrd-checkpoint*/pages-*.img; do
-  [ -L "$l" ] && [ "$(readlink "$l")" = "$up${img#/}/${l##*/}" ] && rm -rf "${l%/*}"
-done
 [ $# -gt 0 ] || exit 0
 read -r pid ip _ < <(docker inspect -f \
   '{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$ctr")
-# Clients that tried during the restore left the host's ARP entry for the address
-# unresolved, and the kernel asks again only a second later: ask now.
-[ -z "${ip:-}" ] || ip neigh flush to "$ip" 2>/dev/null || true
 deadline=$((SECONDS + wait))
 for port; do
   until accepts "$pid" "${ip:-}" "$port"; do
@@ -300,7 +359,7 @@ freeze() {
 # so (HOLD/dumped), and wait for the controller's verdict (HOLD/verdict): "commit" lets CRIU
 # kill the processes (they run on the target now); anything else makes CRIU resume them,
 # untouched. Only for the dump of the container it was made for.
-_POST_DUMP = ("#!/bin/bash\n" + _MANIFEST + _PUT_BACK + _AWAIT + _FREEZE
+_POST_DUMP = ("#!/bin/bash\n" + _MANIFEST + _PUT_BACK + _AWAIT + _FREEZE + _REFUSE
               + f"lock={shell.quote(RUNC_LOCK)} conf={shell.quote(RUNC_CONF)}\n") + r"""
 case ${CRTOOLS_SCRIPT_ACTION:-} in pre-dump|post-dump) ;; *) exit 0 ;; esac
 hold=${0%/*}
@@ -313,10 +372,7 @@ chmod -R go-rwx "$img"; manifest "$img" > "$img/MANIFEST"
 : > "$hold/dumped"
 # From now on clients get a TCP reset here, not silence, so they turn to the target at once
 # (as if the source were gone); CRIU's own unlock, on abort, flushes these with its chain.
-for t in iptables ip6tables; do
-  nsenter -t "$CRTOOLS_INIT_PID" -n "$t" -w -I CRIU 2 -p tcp --tcp-flags RST RST -j ACCEPT 2>/dev/null &&
-    nsenter -t "$CRTOOLS_INIT_PID" -n "$t" -w -I CRIU 3 -p tcp -j REJECT --reject-with tcp-reset 2>/dev/null
-done
+refuse "$CRTOOLS_INIT_PID"
 await 0 "$hold/verdict"
 [ "$(cat "$hold/verdict")" = commit ]
 """
@@ -574,16 +630,22 @@ def memory_sample(host: Host, pid: int) -> tuple[int, int, float] | None:
 
 def start_from_images(host: Host, engine: Engine, container_id: str, img: str, name: str,
                       options: list[str] | None = None, *, verify: bool = False, ports: list[int] | None = None,
-                      wait: int = 30, pages: dict[str, int] | None = None) -> None:
+                      wait: int = 30, pages: dict[str, int] | None = None, action: bool = True,
+                      published: list[int] | None = None) -> None:
     """`docker start --checkpoint` from the CRIU images in `img`, without copying the pages;
     with `verify`, only if they match their MANIFEST, and the pages files the sizes in
     `pages` (expected_pages); with `ports`, returns once the container accepts connections
-    on them (fails after `wait` s)."""
+    on them (fails after `wait` s). With `action`, CRIU runs _RESTORE_ACTION: clients are
+    refused, not dropped, while it restores, and from the `published` host ports (TCP) while
+    Docker sets the container up."""
     cpdir = checkpoint_dir(engine, container_id, name)
     sizes = " ".join(f"{f}:{n}" for f, n in sorted((pages or {}).items()))
+    path = f"{workdir(name)}/restore-action" if action else ""
+    opts = [*(MIGRATE_CRIU_OPTS if options is None else options), *([f"action-script {path}"] if action else [])]
     criu_run(host, f"restore of {container_id[:12]}",
-             ["bash", "-c", _PLACE_AND_START, "place", img, cpdir, name, container_id, int(verify), wait, sizes,
-              *(ports or [])], options)
+             ["env", f"RESTORE_ACTION={_RESTORE_ACTION if action else ''}", "bash", "-c", _PLACE_AND_START, "place",
+              img, cpdir, name, container_id, int(verify), wait, sizes, path, " ".join(map(str, published or [])),
+              *(ports or [])], opts)
 
 
 def thaw(host: Host, container_id: str) -> None:

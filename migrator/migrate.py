@@ -429,8 +429,9 @@ class Migration:
             e.save()
             # checked against the manifest (the streamed pages: their sizes), and counted as
             # up when its ports answer
+            published = [p for _ip, p, proto in spec.published_ports() if proto == "tcp"]
             cp.start_from_images(self.dst, de, e.tid, e.dst_img, self.mid, verify=link.direct, ports=e.ports,
-                                 pages=pages)
+                                 pages=pages, published=published)
 
     def _failed(self, e: MigratorError, left: list[str], back: bool, restored: bool) -> MigrationReport:
         assert self.entry is not None

@@ -73,6 +73,10 @@ class LabHost:
             "keys": self.sh("bash", "-c", "grep -c migrator-transfer ~/.ssh/authorized_keys || true").strip()
             .replace("0", ""),
             "runc.conf": self.sh("bash", "-c", "cat /etc/criu/runc.conf 2>/dev/null || true").strip(),
+            # containerd's copy of a restored checkpoint (it links to our pages)
+            "containerd copies": self.sh("bash", "-c", "ls -d /tmp/ctrd-checkpoint* 2>/dev/null || true").strip(),
+            # a restore's guard of the published ports (refusing connections while Docker sets up)
+            "guards": self.sh("bash", "-c", "iptables -S DOCKER-USER 2>/dev/null | grep REJECT || true").strip(),
         }
 
     def close(self) -> None:
@@ -84,7 +88,8 @@ def reset(h: LabHost) -> None:
     for c in h.engine.containers(all=True):
         h.engine.remove_container(c["Id"])
     h.sh("bash", "-c", "docker volume prune -f >/dev/null; rm -rf /var/lib/migrator/* "
-         "/etc/criu/runc.conf; sed -i '/migrator-transfer-/d' ~/.ssh/authorized_keys", check=False)
+         "/etc/criu/runc.conf /tmp/ctrd-checkpoint*; sed -i '/migrator-transfer-/d' ~/.ssh/authorized_keys",
+         check=False)
 
 
 @pytest.fixture
