@@ -16,7 +16,8 @@ Methods:
             Podman needs on this machine kind).
 
 Downtime is what a client sees: a probe GETs a key every 5 ms wherever the service is (old
-or new address); downtime is the longest gap between two correct answers.
+or new address); downtime is the longest gap between two correct answers. Every measured
+run starts after a `sync`, so that no method pays for the page cache another left dirty.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -260,6 +262,10 @@ def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) ->
                     podman_setup([a, b])
                     start_redis(a, mib, "podman")
                     where = a
+                # Each method starts on a quiet machine: the seed flow leaves ~350 MB (256 MiB)
+                # of dirty page cache that the kernel writes back 30 s later, i.e. in the middle
+                # of whichever method came next.
+                subprocess.run(["sync"], check=True)
                 mem = used_memory(where.spec.address)
                 other = b if where is a else a
                 print(f"[{mib} MiB] {method} {where.name} -> {other.name if method != 'floor' else where.name}",
