@@ -543,7 +543,11 @@ def expected_pages(pagemaps: list[bytes]) -> dict[str, int]:
     way would make CRIU's restore spin, not fail (start_from_images checks them)."""
     want: dict[str, int] = {}
     for pm in pagemaps:
-        pages_id, size = pages_size(pm)
+        try:
+            pages_id, size = pages_size(pm)
+        except (ValueError, IndexError) as ex:
+            raise MigratorError(f"a pagemap image of the checkpoint cannot be read ({ex}); not restoring from it") \
+                from ex
         if size:
             want[f"pages-{pages_id}.img"] = want.get(f"pages-{pages_id}.img", 0) + size
     return want

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from migrator.checkpoint import PE_PARENT, PE_PRESENT, expected_pages, in_place, pages_size
+from migrator.errors import MigratorError
 
 
 def _varint(v: int) -> bytes:
@@ -46,6 +47,10 @@ def test_expected_pages_names_each_pages_file_with_a_size() -> None:
 def test_an_image_without_a_head_is_refused() -> None:
     with pytest.raises(ValueError):
         pages_size(b"\x00" * 8)
+    with pytest.raises(MigratorError, match="not restoring from it"):  # an error the migration rolls back on
+        expected_pages([b"\x00" * 8])
+    with pytest.raises(MigratorError):  # cut inside a varint
+        expected_pages([b"\x19\x43\x56\x54" + b"\x00" * 4 + b"\x02\x00\x00\x00\x08\xff"])
 
 
 def test_in_place_overwrites_and_cuts_to_what_came(tmp_path: Path) -> None:
