@@ -477,13 +477,20 @@ def prepare_memory(host: Host, img: str, need_bytes: int) -> bool:
     return True
 
 
+# perl -e PIPE_SIZE [FIFO]: make the pipe on stdin, or FIFO (opened read-write), 1 MiB deep
+# (F_SETPIPE_SZ); a stream of memory pages through the default 64 KiB pipes between CRIU,
+# ssh, sshd and dd moved ~15% slower here (800 MB: 1.26 s against 1.10 s, mean of 5).
+PIPE_SIZE = 'my $f = \\*STDIN; if (@ARGV) { open($f, "+<", $ARGV[0]) or die } fcntl($f, 1031, 1 << 20) or die;'
+
+
 def in_place(path: str, job: str = "") -> str:
     """A remote command (POSIX sh): stdin over the file at `path` from its start, without
     allocating anew what it already has (see prepare_memory), then cut to what came; with
     `job`, says the byte count as a transfer job line (J<job> N bytes) on stderr."""
     p = shell.quote(path)
     say = f' && echo "J{job} $n bytes" >&2' if job else ""
-    return (f'umask 077; s=$(dd of={p} bs=1M conv=notrunc 2>&1) || {{ echo "$s" >&2; exit 1; }}; '
+    return (f"umask 077; perl -e {shell.quote(PIPE_SIZE)} 2>/dev/null; "
+            f's=$(dd of={p} bs=1M conv=notrunc 2>&1) || {{ echo "$s" >&2; exit 1; }}; '
             f"n=$(printf '%s' \"$s\" | sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p'); "
             f'truncate -s "$n" {p}{say}')
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import shell
-from .checkpoint import expected_pages, in_place, verify_argv
+from .checkpoint import PIPE_SIZE, expected_pages, in_place, verify_argv
 from .engine import Engine
 from .errors import CommandError, MigratorError
 from .transport import CommandResult, Host, relay
@@ -59,11 +59,16 @@ _WAIT_ALL = 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc\n
 # while it grows (tail ends once the dump has returned and it read the file to its end). When
 # the dump fails, stop the senders and exit with its status; when it succeeds, say its
 # pagemaps and DUMPED on stderr and go on with the rest of the script.
-_FOLLOW = f"DUMPED={shell.quote(DUMPED)} PAGEMAP={shell.quote(PAGEMAP)}\n" + r"""
+_FOLLOW = (f"DUMPED={shell.quote(DUMPED)} PAGEMAP={shell.quote(PAGEMAP)}\n"
+           f"PIPE_SIZE={shell.quote(PIPE_SIZE + ' sleep')}\n") + r"""
 img=$1 dst=$2 z=$3 p1=$4; shift 4
 declare -A seen; pids=(); n=1
 umask 077; mkdir -p "$img"; mkfifo "$img/pages-1.img" "$img/../tick"; seen[pages-1.img]=1
 exec 5<>"$img/../tick"  # a pipe nobody writes: `read -t` on it sleeps without starting a process
+# The pages pipe 1 MiB deep instead of 64 KiB (fewer switches between CRIU and ssh): a
+# process of its own holds it open with that size until the dump has ended (without perl,
+# the pipe keeps its default size).
+perl -e "$PIPE_SIZE" "$img/pages-1.img" 2>/dev/null & holder=$!
 if [ "$z" = 1 ]; then
   ( set -o pipefail; send p1 1 "$UNZSTD | { $p1; }" < "$img/pages-1.img" ) & pids+=($!)
 else
@@ -88,6 +93,7 @@ while :; do
   read -r -t 0.01 _ <&5 || :
 done
 wait "$dump"; rc=$?
+kill "$holder" 2>/dev/null; wait "$holder"
 exec 4<>"$img/pages-1.img"; exec 4>&-  # frees a sender still waiting for CRIU to open it (EOF)
 if [ $rc != 0 ]; then kill "${pids[@]}" 2>/dev/null; wait; exit $rc; fi
 for f in "$img"/pagemap-*.img; do [ ! -e "$f" ] || echo "$PAGEMAP$(base64 -w0 "$f")" >&2; done
