@@ -331,13 +331,15 @@ await() {
 """
 
 # freeze PID: freeze the cgroup of PID (its freezer, v1 or v2) and wait until it is frozen,
-# looking every millisecond for up to 2 s (then thawed back: CRIU freezes it its own way).
+# looking every millisecond (sleeping on $hold/tick, as `await`) for up to 2 s (then thawed
+# back: CRIU freezes it its own way).
 # CRIU finding it frozen goes straight on; freezing it itself, it looks every 100 ms, and a
 # process freezes in far less, so that is ~0.1 s of downtime saved. CRIU freezes it again
 # when it resumes the processes: whoever makes it resume them thaws it (`repair`).
 _FREEZE = r"""
 freeze() {
   local cg f want on off i
+  exec 3<>"$hold/tick"
   if cg=$(sed -n 's/^[0-9]*:freezer:\(.*\)$/\1/p' "/proc/$1/cgroup") && [ -n "$cg" ]; then
     f=/sys/fs/cgroup/freezer$cg/freezer.state want=FROZEN on=FROZEN off=THAWED
   elif cg=$(sed -n 's/^0::\(.*\)$/\1/p' "/proc/$1/cgroup") && [ -n "$cg" ]; then
@@ -364,7 +366,7 @@ _POST_DUMP = ("#!/bin/bash\n" + _MANIFEST + _PUT_BACK + _AWAIT + _FREEZE + _REFU
 case ${CRTOOLS_SCRIPT_ACTION:-} in pre-dump|post-dump) ;; *) exit 0 ;; esac
 hold=${0%/*}
 [ "${CRTOOLS_INIT_PID:-}" = "$(cat "$hold/pid")" ] || exit 0
-if [ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ]; then exec 3<>"$hold/tick"; freeze "$CRTOOLS_INIT_PID"; exit 0; fi
+if [ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ]; then freeze "$CRTOOLS_INIT_PID"; exit 0; fi
 img=$(cat "$hold/img")
 chmod -R go-rwx "$img"; manifest "$img" > "$img/MANIFEST"
 # runc.conf back as it was, and its lock free, for the length of the hold
