@@ -46,7 +46,7 @@ from migrator.container import Spec  # noqa: E402
 from migrator.engine import Engine  # noqa: E402
 from migrator.inventory import Inventory, load  # noqa: E402
 from migrator.lab import Lab  # noqa: E402
-from migrator.migrate import Migration  # noqa: E402
+from migrator.migrate import Event, Migration  # noqa: E402
 from migrator.transfer import Job, open_link  # noqa: E402
 from migrator.transport import Host, relay, wait_for  # noqa: E402
 
@@ -214,9 +214,28 @@ def seed_flow(src: Host, dst: Host) -> dict[str, Any]:
         "copy_checkpoint": t_cp - t_img, "create_start": t_start - t_cp}, "total_s": t_start - t0}
 
 
+def cpu_times() -> tuple[int, int]:
+    """(busy, all) CPU time of this machine so far, every CPU (the lab's hosts share them)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)  # not idle, not waiting for I/O
+
+
 def migrator_flow(inv: Inventory, src: str, dst: str) -> dict[str, Any]:
-    rep = Migration(inv, NAME, src, dst).run()
-    return {"bytes_sent": rep.bytes_sent, "phases": {p.name: p.seconds for p in rep.phases},
+    """`migrator migrate`, with each phase's share of the machine's CPUs that were busy
+    (from its start to its end): a phase near 1.0 is bound by CPU, one well below by waits."""
+    started: dict[str, tuple[int, int]] = {}
+    busy: dict[str, float] = {}
+
+    def hook(ev: Event) -> None:
+        if ev.kind == "phase":
+            started[ev.phase] = cpu_times()
+        elif ev.kind == "done" and ev.phase in started:
+            (b0, a0), (b1, a1) = started.pop(ev.phase), cpu_times()
+            if a1 > a0:  # not for a phase shorter than the kernel's tick
+                busy[ev.phase] = round((b1 - b0) / (a1 - a0), 2)
+
+    rep = Migration(inv, NAME, src, dst, events=hook).run()
+    return {"bytes_sent": rep.bytes_sent, "phases": {p.name: p.seconds for p in rep.phases}, "cpu_busy": busy,
             "total_s": rep.total_s, "reported_downtime_s": rep.downtime_s}
 
 
@@ -332,13 +351,37 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
+DOWNTIME_PHASES = ["freeze", "transfer", "filesystem", "restore", "verify"]
+
+
+def phase_table(results: dict[str, Any]) -> str:
+    """Where migrator's downtime goes, per size: each phase's median time and the median
+    share of the machine's CPUs busy during it."""
+    rows = ["| size | " + " | ".join(DOWNTIME_PHASES) + " |", "|---|" + "---|" * len(DOWNTIME_PHASES)]
+    for size in sorted({r["size_mib"] for r in results["runs"]}):
+        rs = [r for r in results["runs"] if r["size_mib"] == size and r["method"] == "migrator"]
+        if not rs:
+            continue
+        cells = []
+        for ph in DOWNTIME_PHASES:
+            secs = [r["phases"][ph] for r in rs if ph in r["phases"]]
+            busy = [r["cpu_busy"][ph] for r in rs if ph in r.get("cpu_busy", {})]
+            cells.append(f"{statistics.median(secs):.2f} s" + (f" ({statistics.median(busy):.0%} CPU)" if busy else "")
+                         if secs else "-")
+        rows.append(f"| {size} MiB | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def write(results: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / results["date"].replace(":", "")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
     rounds = max(r["runs"] for r in summary(results))
     stem.with_suffix(".md").write_text(f"Benchmark {results['date']} ({results['cpus']} CPUs; median of {rounds} "
-                                       f"run(s) per method and size)\n\n" + table(results))
+                                       f"run(s) per method and size)\n\n" + table(results)
+                                       + "\nmigrator's phases inside the downtime (median time; median share of the "
+                                       "machine's CPUs busy meanwhile, both lab hosts sharing them):\n\n"
+                                       + phase_table(results))
     try:
         import matplotlib
 

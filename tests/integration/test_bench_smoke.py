@@ -21,7 +21,12 @@ def test_bench_smoke(hosts: dict[str, LabHost], tmp_path: Path) -> None:
         assert r["data_ok"], r
         assert r["downtime_s"] > 0 and r["total_s"] > 0
     assert runs["floor"]["dump_s"] > 0 and runs["floor"]["restore_s"] > 0
+    busy = runs["migrator"]["cpu_busy"]  # the share of CPUs busy in each phase
+    assert {"freeze", "restore"} <= set(busy) and all(0 <= b <= 1 for b in busy.values()), busy
+    assert busy["freeze"] > 0 and busy["restore"] > 0, busy
     files = {p.suffix for p in tmp_path.iterdir() if not p.name.startswith("latest")}
     assert files == {".json", ".md", ".png"}
     assert json.loads(next(tmp_path.glob("2*.json")).read_text())["runs"]
-    assert "| 8 MiB | migrator |" in next(tmp_path.glob("2*.md")).read_text()
+    md = next(tmp_path.glob("2*.md")).read_text()
+    assert "| 8 MiB | migrator |" in md
+    assert f"| 8 MiB | {runs['migrator']['phases']['freeze']:.2f} s ({busy['freeze']:.0%} CPU) |" in md
