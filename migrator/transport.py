@@ -264,12 +264,20 @@ class Stream:
                              err.decode(errors="replace"))
 
 
+EOF_GRACE_S = 10.0
+
+
 def _drain(ch: paramiko.Channel, timeout: float | None = None,
            on_line: Callable[[str], None] | None = None) -> tuple[bytes, bytes]:
     """Read stdout and stderr to the end without letting either window fill and block;
-    each complete stderr line (ended by \\n or \\r) also goes to on_line as it arrives."""
+    each complete stderr line (ended by \\n or \\r) also goes to on_line as it arrives.
+    The end is the exit status *and* the end of the output: sshd sends the status when the
+    command exits, and output still on its way can come after it (returning at the status
+    cut outputs of 40 KB and more short, now and then). A command that exits while
+    something it started keeps its output open ends EOF_GRACE_S after its status."""
     out, err, partial = io.BytesIO(), io.BytesIO(), b""
     deadline = None if timeout is None else time.monotonic() + timeout
+    eof_by: float | None = None
     while True:
         while ch.recv_ready():
             out.write(ch.recv(CHUNK))
@@ -281,7 +289,12 @@ def _drain(ch: paramiko.Channel, timeout: float | None = None,
                 for line in lines:
                     on_line(line.decode(errors="replace"))
         if ch.exit_status_ready() and not ch.recv_ready() and not ch.recv_stderr_ready():
-            return out.getvalue(), err.getvalue()
+            if ch.eof_received or ch.closed:
+                return out.getvalue(), err.getvalue()
+            eof_by = eof_by or time.monotonic() + EOF_GRACE_S
+            if time.monotonic() >= eof_by:
+                log.warning("command exited, its output still open after %.0f s; not waiting for it", EOF_GRACE_S)
+                return out.getvalue(), err.getvalue()
         wait = 1.0 if deadline is None else deadline - time.monotonic()
         if wait <= 0:
             raise TimeoutError()
