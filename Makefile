@@ -12,9 +12,7 @@ setup:
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
-	$(BIN)/ruff check migrator tests bench
-	$(BIN)/mypy migrator
+test: setup lint
 	$(BIN)/pytest -p no:cacheprovider tests
 
 test-unit: setup
@@ -30,9 +28,11 @@ test-faults: setup
 bench: setup
 	$(BIN)/python bench/run.py $(if $(SIZES),--sizes $(SIZES))
 
+# ruff and mypy for the Python, shellcheck for the host-side scripts (every disable says why).
 lint: setup
-	$(BIN)/ruff check migrator tests
+	$(BIN)/ruff check migrator tests bench
 	$(BIN)/mypy migrator
+	shellcheck -x migrator/host/*.sh migrator/lab/*.sh scripts/*.sh
 
 lab-up: setup
 	$(BIN)/migrator lab up

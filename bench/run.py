@@ -41,7 +41,7 @@ from redis.retry import Retry
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from migrator import checkpoint as cp  # noqa: E402
+from migrator import checkpoint, images, layout, locks, probes  # noqa: E402
 from migrator.container import Spec  # noqa: E402
 from migrator.engine import Engine  # noqa: E402
 from migrator.inventory import Inventory, load  # noqa: E402
@@ -147,22 +147,22 @@ def podman_flow(src: Host, dst: Host) -> dict[str, Any]:
     op = "bench-podman"
     for h in (src, dst):
         h.run(["bash", "-c", 'rm -rf "$1" && mkdir -p -m 0700 "$1"', "_", f"{BENCH_DIR}/podman"])
-        cp.make_workdir(h, op)
-    link = open_link(src, dst, op, cp.workdir(op))
+        images.make_workdir(h, op)
+    link = open_link(src, dst, op, layout.workdir(op))
     try:
         t0 = time.monotonic()
-        cp.criu_run(src, "podman checkpoint", ["podman", "container", "checkpoint", "--export", tar,
+        locks.criu_run(src, "podman checkpoint", ["podman", "container", "checkpoint", "--export", tar,
                                                "--compress", "none", NAME])
         t_ck = time.monotonic()
         sent = link.pipes([Job([["cat", tar]], [["bash", "-c", 'umask 077; cat > "$1"', "_", tar]], compress=False)],
                           "podman archive")
         t_cp = time.monotonic()
-        cp.criu_run(dst, "podman restore", ["podman", "container", "restore", "--import", tar])
+        locks.criu_run(dst, "podman restore", ["podman", "container", "restore", "--import", tar])
         t_end = time.monotonic()
     finally:
         link.close()
         for h in (src, dst):
-            cp.remove_workdir(h, op)
+            images.remove_workdir(h, op)
     src.run(["podman", "rm", "-f", NAME])
     return {"bytes_sent": sent, "phases": {"checkpoint": t_ck - t0, "copy": t_cp - t_ck, "restore": t_end - t_cp},
             "total_s": t_end - t0}
@@ -180,13 +180,13 @@ def crui_seconds(log: str) -> float:
 
 def seed_flow(src: Host, dst: Host) -> dict[str, Any]:
     """The article's stop-and-copy, through the controller, uncompressed."""
-    se, de = Engine(src), Engine(dst)
-    spec = Spec(se.inspect(NAME) or {})
+    source_engine, target_engine = Engine(src), Engine(dst)
+    spec = Spec(source_engine.inspect(NAME) or {})
     img = f"bench/{NAME}:seed"
     for h in (src, dst):
         h.run(["bash", "-c", f"rm -rf {BENCH_DIR}/seed && mkdir -p -m 0700 {BENCH_DIR}/seed"])
     t0 = time.monotonic()
-    cp.criu_run(src, "seed checkpoint", ["docker", "checkpoint", "create", "--checkpoint-dir", f"{BENCH_DIR}/seed",
+    locks.criu_run(src, "seed checkpoint", ["docker", "checkpoint", "create", "--checkpoint-dir", f"{BENCH_DIR}/seed",
                                          NAME, "cp1"])
     t_ck = time.monotonic()
     src.run(["docker", "commit", NAME, img])
@@ -198,12 +198,12 @@ def seed_flow(src: Host, dst: Host) -> dict[str, Any]:
     t_cp = time.monotonic()
     body = spec.create_body()
     body["Image"] = img
-    tid = de.create(NAME, body)
-    cpdir = cp.checkpoint_dir(de, tid, "cp1")
+    target_id = target_engine.create(NAME, body)
+    cpdir = images.checkpoint_dir(target_engine.docker_root, target_id, "cp1")
     dst.run(["bash", "-c", 'mkdir -p "$(dirname "$2")" && cp -a "$1" "$2"', "_", f"{BENCH_DIR}/seed/cp1", cpdir])
-    cp.criu_run(dst, "seed restore", ["docker", "start", "--checkpoint", "cp1", NAME])
+    locks.criu_run(dst, "seed restore", ["docker", "start", "--checkpoint", "cp1", NAME])
     t_start = time.monotonic()
-    se.remove_container(spec.id)
+    source_engine.remove_container(spec.id)
     for h in (src, dst):
         # containerd leaves its copy of every checkpoint it restored in /tmp (1.4 GB at 1 GiB):
         # without this, three rounds at each size fill a lab host's /tmp
@@ -241,20 +241,21 @@ def migrator_flow(inv: Inventory, src: str, dst: str) -> dict[str, Any]:
 
 def floor(h: Host) -> dict[str, Any]:
     """CRIU's own dump + restore time, on one host, pages in tmpfs, no transfer."""
-    e = Engine(h)
-    spec = Spec(e.inspect(NAME) or {})
+    engine = Engine(h)
+    spec = Spec(engine.inspect(NAME) or {})
     op = "bench-floor"
-    cp.remove_workdir(h, op)
-    cp.make_workdir(h, op)
-    img = f"{cp.SHM_DIR}/{op}/img"
-    cp.dump(h, spec.id, img, root=cp.runtime_root(h, spec.id))
-    dump_s = crui_seconds(h.run(["cat", f"{cp.SHM_DIR}/{op}/criu-work/dump.log"]).stdout)
-    log = f"{cp.workdir(op)}/restore.log"
-    cp.start_from_images(h, e, spec.id, img, op, options=[*cp.MIGRATE_CRIU_OPTS, f"log-file {log}"], action=False)
+    images.remove_workdir(h, op)
+    images.make_workdir(h, op)
+    img = f"{layout.shm_dir(op)}/img"
+    checkpoint.dump(h, spec.id, img, root=probes.runtime_root(h, spec.id))
+    dump_s = crui_seconds(h.run(["cat", f"{layout.shm_dir(op)}/criu-work/dump.log"]).stdout)
+    log = f"{layout.workdir(op)}/restore.log"
+    checkpoint.start_from_images(h, engine, spec.id, img, op, options=[*locks.MIGRATE_CRIU_OPTS, f"log-file {log}"],
+                                 action=False)
     # CRIU may still be writing its log when `docker start` returns: read it once complete.
     assert wait_for(lambda: "Restore finished successfully" in h.run(["cat", log]).stdout, 30), "restore log"
     restore_s = crui_seconds(h.run(["cat", log]).stdout)
-    cp.remove_workdir(h, op)
+    images.remove_workdir(h, op)
     return {"dump_s": dump_s, "restore_s": restore_s, "total_s": dump_s + restore_s}
 
 

@@ -8,12 +8,13 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from . import checkpoint as cp
-from . import shell, store
+from . import checkpoint, store
 from .container import Spec, validate_name
 from .engine import Engine
 from .errors import MigratorError
-from .preflight import port_user
+from .hosts import port_user
+from .images import make_workdir, manifest, remove_workdir
+from .probes import runtime_root
 from .transfer import Link, open_link, ship_image
 from .transport import Host
 
@@ -49,8 +50,8 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
     t0 = time.monotonic()
     container, new_name = validate_name(container), validate_name(new_name)
     rep = CloneReport(container, new_name, src.name, dst.name)
-    se, de = Engine(src), Engine(dst)
-    info = se.inspect(container)
+    source_engine, target_engine = Engine(src), Engine(dst)
+    info = source_engine.inspect(container)
     if info is None or not info["State"].get("Running"):
         raise MigratorError(f"{src.name}: no running container {container!r} to clone")
     spec = Spec(info)
@@ -58,7 +59,7 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
         raise MigratorError(f"{src.name}: {container} uses named volumes; a clone would share or "
                             "need a copy of them, which clone does not do yet",
                             hint="`migrator checkpoint create` + `restore` on another host instead")
-    if de.inspect(new_name) is not None:
+    if target_engine.inspect(new_name) is not None:
         raise MigratorError(f"{dst.name}: a container named {new_name} exists", hint="pick another --name")
     body = spec.create_body()
     hc = dict(body["HostConfig"])
@@ -71,37 +72,36 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
         rep.notes.append("published ports dropped (same host); use --publish HOST:CONTAINER for the clone")
     for key, binds in (hc.get("PortBindings") or {}).items():
         for b in binds:
-            user = port_user(dst, de, int(b["HostPort"]), key.split("/")[1])
+            user = port_user(dst, target_engine, int(b["HostPort"]), key.split("/")[1])
             if user:
                 raise MigratorError(f"{dst.name}: port {b['HostPort']} is in use ({user})",
                                     hint="pick others with --publish")
     body["HostConfig"] = hc
     body["Labels"] = {**(body.get("Labels") or {}), "migrator.clone-of": spec.name}
-    mid = f"clone-{secrets.token_hex(4)}"
-    swd = cp.make_workdir(src, mid)
-    payload = f"{swd}/cp"
+    operation = f"clone-{secrets.token_hex(4)}"
+    source_workdir = make_workdir(src, operation)
+    payload = f"{source_workdir}/cp"
     link: Link | None = None
     try:
         src.run(["mkdir", "-m", "0700", payload])
-        cp.dump(src, spec.id, f"{payload}/criu", root=cp.runtime_root(src, spec.id), leave_running=True)
+        checkpoint.dump(src, spec.id, f"{payload}/criu", root=runtime_root(src, spec.id), leave_running=True)
         if spec.upper_dir:
-            src.run(shell.pipeline([*shell.TAR, "-C", spec.upper_dir, "-cf", "-", "."],
-                                   ["zstd", "-1", "-T0", "-q", "-f", "-o", f"{payload}/fs.tar.zst"]))
-        cp.manifest(src, payload)
+            checkpoint.pack_fs(src, spec.upper_dir, f"{payload}/fs.tar.zst")
+        manifest(src, payload)
         where = payload
         if not same_host:
-            dwd = cp.make_workdir(dst, mid)
-            link = open_link(src, dst, mid, swd, relay_only=relay)
-            rep.bytes_sent += ship_image(link, se, de, spec.image_id, spec.image_ref)
-            dst.run(["mkdir", "-m", "0700", f"{dwd}/cp"])
-            rep.bytes_sent += link.copy_dir(payload, f"{dwd}/cp", verify=True)
-            where = f"{dwd}/cp"
+            target_workdir = make_workdir(dst, operation)
+            link = open_link(src, dst, operation, source_workdir, relay_only=relay)
+            rep.bytes_sent += ship_image(link, source_engine, target_engine, spec.image_id, spec.image_ref)
+            dst.run(["mkdir", "-m", "0700", f"{target_workdir}/cp"])
+            rep.bytes_sent += link.copy_dir(payload, f"{target_workdir}/cp", verify=True)
+            where = f"{target_workdir}/cp"
         rep.clone_id = store.start_from(dst, where, new_name, body)
     finally:
         if link is not None:
             link.close()
-        cp.remove_workdir(src, mid)
+        remove_workdir(src, operation)
         if not same_host:
-            cp.remove_workdir(dst, mid)
+            remove_workdir(dst, operation)
     rep.seconds = round(time.monotonic() - t0, 3)
     return rep

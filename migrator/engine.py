@@ -2,8 +2,8 @@
 
 docker-py's SSH adapter reads keys and host keys only from ~/.ssh; here its HTTP runs over
 the `Host`'s paramiko transport instead (`docker system dial-stdio` per connection), so the
-inventory's key and known_hosts apply. docker-py has no checkpoint methods; the experimental
-endpoints are called through its low-level request helpers.
+inventory's key and known_hosts apply. Checkpoints do not go through the Engine API (dumps
+use runc, restores `docker start --checkpoint` on the host: see checkpoint.py).
 """
 
 from __future__ import annotations
@@ -164,10 +164,8 @@ class Engine:
                                lambda a: a.stats(container, stream=False, one_shot=True)))
 
     def create(self, name: str, body: dict[str, Any]) -> str:
-        def go(api: docker.APIClient) -> str:
-            res = api._post_json(api._url("/containers/create"), data=body, params={"name": name})
-            return str(api._result(res, True)["Id"])
-        return str(self._call(f"create {name}", go, idempotent=False))
+        return str(self._call(f"create {name}", lambda a: a.create_container_from_config(body, name)["Id"],
+                              idempotent=False))
 
     def network_exists(self, name: str) -> bool:
         return self._call(f"inspect network {name}", lambda a: a.inspect_network(name), None) is not None

@@ -9,6 +9,13 @@ from __future__ import annotations
 from enum import IntEnum
 
 
+def tail(text: str, lines: int = 4, limit: int = 500) -> str:
+    """The end of a command's output, for an error message: its last `lines` lines on one
+    line, at most `limit` characters (dd's record counts are not errors, and are left out)."""
+    kept = [ln for ln in text.strip().splitlines() if not ln.endswith(("records in", "records out"))]
+    return " ".join(kept[-lines:])[-limit:] or "no output"
+
+
 class ExitCode(IntEnum):
     OK = 0
     FAILED_ROLLED_BACK = 1  # the operation failed; everything is as it was (source running)
@@ -51,6 +58,22 @@ class CommandError(MigratorError):
     def __init__(self, message: str, result: object | None = None, *, hint: str | None = None):
         super().__init__(message, hint=hint)
         self.result = result
+
+
+class CheckpointError(MigratorError):
+    """A checkpoint could not be made, found, stored or restored."""
+
+
+class TransferError(MigratorError):
+    """Moving data between hosts failed."""
+
+
+class PlanError(MigratorError):
+    """A drain or evacuation plan is impossible: nothing was touched."""
+
+
+class PlaybookError(MigratorError):
+    """A playbook is malformed, or one of its steps failed."""
 
 
 class DockerError(MigratorError):

@@ -16,7 +16,7 @@ from typing import Any
 from . import hosts, store
 from .container import Spec
 from .engine import Engine
-from .errors import MigratorError
+from .errors import MigratorError, PlanError
 from .hosts import free_bytes, mem_info
 from .inventory import Inventory
 from .migrate import Event, Migration
@@ -26,10 +26,6 @@ from .transport import Host
 PIN_LABEL = "migrator.pin"
 CONSTRAINT_LABEL = "migrator.constraint"
 CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(==|!=)\s*([^,]*?)\s*$")
-
-
-class PlanError(MigratorError):
-    """The plan is impossible: nothing was touched."""
 
 
 def parse_constraints(text: str) -> list[tuple[str, str, str]]:
@@ -103,14 +99,7 @@ def _candidate(inv: Inventory, name: str) -> Candidate:
                 return c
             c.mem_available = mem_info(h).get("MemAvailable", 0)
             c.disk_free = free_bytes(h, info.get("DockerRootDir", "/var/lib/docker"))
-            for ct in eng.containers():
-                for p in ct.get("Ports") or []:
-                    if p.get("PublicPort"):
-                        c.ports.add((int(p["PublicPort"]), p.get("Type", "tcp")))
-            for line in h.run(["ss", "-Hltun"], check=False).stdout.splitlines():
-                parts = line.split()
-                if len(parts) >= 5 and parts[4].rsplit(":", 1)[-1].isdigit():
-                    c.ports.add((int(parts[4].rsplit(":", 1)[-1]), parts[0]))
+            c.ports = set(hosts.taken_ports(h, eng))
             c.usable = True
     except MigratorError as e:
         c.why = f"unreachable: {e.message}"

@@ -101,3 +101,26 @@ def probe_all(specs: list[HostSpec], timeout: float = 10.0) -> list[HostStatus]:
         return []
     with ThreadPoolExecutor(max_workers=min(16, len(specs))) as ex:
         return list(ex.map(lambda s: probe(s, timeout), specs))
+
+
+def taken_ports(host: Host, engine: Engine) -> dict[tuple[int, str], str]:
+    """Every host port in use, (port, "tcp"|"udp") -> who holds it: the containers that
+    publish it, or "a process" listening on it."""
+    taken: dict[tuple[int, str], str] = {}
+    for line in host.run(["ss", "-Hltun"], check=False).stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0] in ("tcp", "udp") and parts[4].rsplit(":", 1)[-1].isdigit():
+            taken[(int(parts[4].rsplit(":", 1)[-1]), parts[0])] = "a process"
+    publishers: dict[tuple[int, str], set[str]] = {}
+    for c in engine.containers():
+        for p in c.get("Ports") or []:
+            if p.get("PublicPort"):
+                publishers.setdefault((int(p["PublicPort"]), p.get("Type", "tcp")), set()).add(
+                    c["Names"][0].lstrip("/"))
+    taken.update({k: ", ".join(sorted(v)) for k, v in publishers.items()})
+    return taken
+
+
+def port_user(host: Host, engine: Engine, port: int, proto: str = "tcp") -> str | None:
+    """Who holds a host port: a container's name, "a process", or None when it is free."""
+    return taken_ports(host, engine).get((port, proto))

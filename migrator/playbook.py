@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from . import fleet, hosts, store
-from .errors import MigratorError
+from .errors import MigratorError, PlaybookError
 from .inventory import Inventory
 from .migrate import Migration
 from .transport import Host, wait_for
@@ -42,10 +42,6 @@ VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 REQUIRED: dict[str, set[str]] = {"run": {"command"}, "migrate": {"container", "to"},
                                  "checkpoint": {"container"}}
 Say = Callable[[str], None]
-
-
-class PlaybookError(MigratorError):
-    """The playbook is malformed, or a step failed (the message says how to resume)."""
 
 
 @dataclass

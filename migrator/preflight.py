@@ -114,8 +114,9 @@ def run(src: Host, dst: Host, spec: Spec, src_wd: str, dst_wd: str) -> Preflight
         tid = tagged["Id"]
         pf.add(t, "image tag", tid == spec.image_id, f"{spec.image_ref} is {tid[:19]} there but "
                f"{spec.image_id[:19]} on {s}; retag one of them")
+    taken = hosts.taken_ports(dst, de) if spec.published_ports() else {}
     for _ip, port, proto in spec.published_ports():
-        user = port_user(dst, de, port, proto)
+        user = taken.get((port, proto))
         pf.add(t, f"port {port}/{proto}", user is None,
                f"in use ({user}); free it or pick another target")
     # Room for the process and the checkpoint.
@@ -133,13 +134,3 @@ def run(src: Host, dst: Host, spec: Spec, src_wd: str, dst_wd: str) -> Preflight
     pf.add(t, "disk", free >= need, f"{free >> 20} MiB free in {root}, need {need >> 20} MiB")
     return pf
 
-
-def port_user(host: Host, engine: Engine, port: int, proto: str = "tcp") -> str | None:
-    """Who holds a host port: a container's name, "a process", or None when it is free."""
-    taken = [c["Names"][0].lstrip("/") for c in engine.containers()
-             if any(p.get("PublicPort") == port for p in c.get("Ports") or [])]
-    if taken:
-        return ", ".join(taken)
-    flag = "-Hltn" if proto == "tcp" else "-Hlun"
-    busy = host.run(["ss", flag, f"sport = :{port}"], check=False).stdout.strip()
-    return "a process" if busy else None

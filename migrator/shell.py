@@ -7,6 +7,10 @@ from collections.abc import Sequence
 
 # tar that keeps numeric owners, modes and xattrs (overlay2's whiteouts and opaque dirs).
 TAR = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
+# Compression on the wire and in stored checkpoints; zstd's frames carry a checksum that
+# `zstd -d` verifies.
+ZSTD = ["zstd", "-1", "-T0", "-q", "-c"]
+UNZSTD = ["zstd", "-d", "-q", "-c"]
 
 
 def quote(arg: str | int) -> str:

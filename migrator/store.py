@@ -16,20 +16,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import checkpoint as cp
-from . import shell
+from . import checkpoint
 from .container import Spec, validate_name
 from .engine import Engine
-from .errors import MigratorError
-from .transfer import Link
+from .errors import CheckpointError, MigratorError
+from .images import make_workdir, manifest, remove_workdir, verify_manifest
+from .layout import STATE_DIR
+from .locks import owner, release_lock, take_lock
+from .probes import answers, runtime_root
+from .transfer import Link, open_link
 from .transport import Host
 
-STORE = f"{cp.STATE_DIR}/checkpoints"
+STORE = f"{STATE_DIR}/checkpoints"
 CP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class CheckpointError(MigratorError):
-    """A stored checkpoint could not be made, found or used."""
 
 
 @dataclass
@@ -83,7 +82,7 @@ def create(host: Host, container: str, name: str | None = None, *, leave_running
     if not spec.running:
         raise CheckpointError(f"{host.name}: {spec.name} is not running; nothing to checkpoint",
                               hint=f"`migrator restore {spec.name} --on {host.name}` starts it from one")
-    cp.take_lock(host, spec.id, cp.owner(op=f"checkpoint {name}", container=spec.name))
+    take_lock(host, spec.id, owner(op=f"checkpoint {name}", container=spec.name))
     base = container_dir(spec.name)
     tmp, final = f"{base}/.tmp-{name}", f"{base}/{name}"
     try:
@@ -92,22 +91,21 @@ def create(host: Host, container: str, name: str | None = None, *, leave_running
                   'rm -rf "$1"/.tmp-* && mkdir "$2"', "_", base, tmp])
         if host.ok(["test", "-e", final]):
             raise CheckpointError(f"{host.name}: checkpoint {name} of {spec.name} exists already")
-        cp.dump(host, spec.id, f"{tmp}/criu", root=cp.runtime_root(host, spec.id), leave_running=leave_running)
+        checkpoint.dump(host, spec.id, f"{tmp}/criu", root=runtime_root(host, spec.id), leave_running=leave_running)
         if spec.upper_dir:
-            host.run(shell.pipeline([*shell.TAR, "-C", spec.upper_dir, "-cf", "-", "."],
-                                    ["zstd", "-1", "-T0", "-q", "-f", "-o", f"{tmp}/fs.tar.zst"]))
+            checkpoint.pack_fs(host, spec.upper_dir, f"{tmp}/fs.tar.zst")
         host.put(json.dumps(spec.inspect).encode(), f"{tmp}/config.json")
         size = int(host.run(["du", "-sb", tmp]).stdout.split()[0])
         meta = {"container": spec.name, "name": name, "created": time.time(), "size": size,
                 "image": spec.image_ref, "image_id": spec.image_id, "source_host": host.name}
         host.put(json.dumps(meta).encode(), f"{tmp}/meta.json")
-        cp.manifest(host, tmp)
+        manifest(host, tmp)
         _publish(host, spec.name, tmp, final, keep)
     except MigratorError:
         host.run(["rm", "-rf", tmp], check=False)
         raise
     finally:
-        cp.release_lock(host, spec.id)
+        release_lock(host, spec.id)
     return Stored(host=host.name, path=final, **meta)  # type: ignore[arg-type]
 
 
@@ -167,17 +165,15 @@ def _publish(host: Host, container: str, tmp: str, final: str, keep: int | None)
 
 def replicate(src: Host, dst: Host, stored: Stored, relay: bool = False, keep: int | None = None) -> Stored:
     """Copy a complete checkpoint to another host's store (written under .tmp-, renamed)."""
-    from .transfer import open_link
-
     base = container_dir(stored.container)
     tmp, final = f"{base}/.tmp-{stored.name}", f"{base}/{stored.name}"
-    mid = f"replicate-{stored.name}"
-    swd = cp.make_workdir(src, mid)
+    operation = f"replicate-{stored.name}"
+    workdir = make_workdir(src, operation)
     link: Link | None = None
     try:
         dst.run(["bash", "-c", 'umask 077; mkdir -p "$1" && chmod 0700 "$1" "$(dirname "$1")" && '
                  'rm -rf "$2" && mkdir "$2"', "_", base, tmp])
-        link = open_link(src, dst, mid, swd, relay_only=relay)
+        link = open_link(src, dst, operation, workdir, relay_only=relay)
         link.copy_dir(stored.path, tmp, verify=True)
         _publish(dst, stored.container, tmp, final, keep)
     except MigratorError:
@@ -186,7 +182,7 @@ def replicate(src: Host, dst: Host, stored: Stored, relay: bool = False, keep: i
     finally:
         if link is not None:
             link.close()
-        cp.remove_workdir(src, mid)
+        remove_workdir(src, operation)
     return Stored(**{**asdict(stored), "host": dst.name, "path": final})
 
 
@@ -195,24 +191,23 @@ def start_from(host: Host, directory: str, name: str, body: dict[str, Any],
     """Create a container `name` from `body` and start it from the checkpoint in
     `directory` (criu/, fs.tar.zst) on the same host. Returns its id; on failure the new
     container is removed again."""
-    eng = Engine(host)
-    cp.verify_manifest(host, directory)
-    tid = eng.create(name, body)
+    engine = Engine(host)
+    verify_manifest(host, directory)
+    container_id = engine.create(name, body)
     if on_created:
-        on_created(tid)
+        on_created(container_id)
     try:
-        upper = Spec(eng.inspect(tid) or {}).upper_dir
+        upper = Spec(engine.inspect(container_id) or {}).upper_dir
         if upper and host.ok(["test", "-f", f"{directory}/fs.tar.zst"]):
-            host.run(shell.pipeline(["zstd", "-d", "-q", "-c", f"{directory}/fs.tar.zst"],
-                                    [*shell.TAR, "-C", upper, "-xpf", "-"]))
-        cp.start_from_images(host, eng, tid, f"{directory}/criu", f"restore-{int(time.time())}")
-        if not cp.answers(host, eng, tid, [], timeout=20):
+            checkpoint.unpack_fs(host, f"{directory}/fs.tar.zst", upper)
+        checkpoint.start_from_images(host, engine, container_id, f"{directory}/criu", f"restore-{int(time.time())}")
+        if not answers(host, engine, container_id, [], timeout=20):
             raise CheckpointError(f"{host.name}: {name} did not stay up after the restore",
                                   hint=f"`docker logs {name}` on {host.name}")
     except MigratorError:
-        eng.remove_container(tid)
+        engine.remove_container(container_id)
         raise
-    return tid
+    return container_id
 
 
 def restore(host: Host, container: str, name: str = "latest", from_host: Host | None = None) -> Stored:

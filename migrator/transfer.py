@@ -1,9 +1,11 @@
 """Moving bytes between two hosts: straight from source to target over SSH with a
 single-use key, or relayed through the controller when the hosts cannot reach each other.
 
-Directories travel as `tar | zstd` streams. The single-use key is restricted to the source's
-address, expires by itself, and is removed from both hosts when the link closes (also on
-failure); the source verifies the target's host key from the inventory's known_hosts.
+Directories travel as `tar | zstd` streams; on a direct link every stream of one step runs
+at once in one command on the source (transfer.sh), through one multiplexed connection.
+The single-use key is restricted to the source's address, expires by itself, and is
+removed from both hosts when the link closes (also on failure); the source verifies the
+target's host key from the inventory's known_hosts.
 """
 
 from __future__ import annotations
@@ -20,92 +22,28 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from . import shell
-from .checkpoint import PIPE_SIZE, expected_pages, in_place, verify_argv
+from . import hostscripts, shell
+from .checkpoint import in_place
 from .engine import Engine
-from .errors import CommandError, MigratorError
+from .errors import CommandError, TransferError, tail
+from .images import expected_pages, verify_argv
 from .transport import CommandResult, Host, relay
 
 log = logging.getLogger(__name__)
 KEY_TTL_S = 3600
 Progress = Callable[[int], None]
 
-
-class TransferError(MigratorError):
-    """Moving data between hosts failed."""
-
-
 _PROGRESS = re.compile(r"^J(\w+) (\d+) bytes")
 _JOB_LINE = re.compile(r"^J\w+ ")  # what dd says of a job: counts, not errors
-_ZSTD = ["zstd", "-1", "-T0", "-q", "-c"]  # its frames carry a checksum that `zstd -d` verifies
-_UNZSTD = ["zstd", "-d", "-q", "-c"]
-# send JOB Z REMOTE: stdin, through zstd if Z is 1, to REMOTE (a command line) on the target
-# over SSH; dd between counts the bytes on the wire and reports them as `JJOB N bytes`.
-# UNZSTD is the matching decompressor, as a command line for REMOTEs.
-_SEND = f"ZSTD=({shell.join(_ZSTD)})\nUNZSTD={shell.quote(shell.join(_UNZSTD))}\n" + r"""
-send() {
-  { if [ "$2" = 1 ]; then "${ZSTD[@]}"; else cat; fi; } \
-    | dd bs=1M iflag=fullblock status=progress 2> >(stdbuf -oL tr '\r' '\n' | sed -u "s/^/J$1 /" >&2) \
-    | "${SSH[@]}" "$3"
-}
-"""
-DUMPED = "migrator: dumped"  # said by _FOLLOW on stderr when the dump is complete
+DUMPED = "migrator: dumped"  # said by transfer.sh on stderr when the dump is complete
 PAGEMAP = "migrator: pagemap "  # and before it, each of its pagemap images (base64) behind this
-_WAIT_ALL = 'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc\n'
-# After _SEND, with IMG DST Z P1 DUMP...: run DUMP in the background (it returns when the
-# images are complete). The first process's pages (all of a one-process container's) go from
-# CRIU into SSH through a named pipe: never written on the source, and read by ssh itself;
-# P1 writes them on the target (and says how many bytes). Every other pages-*.img is sent
-# while it grows (tail ends once the dump has returned and it read the file to its end). When
-# the dump fails, stop the senders and exit with its status; when it succeeds, say its
-# pagemaps and DUMPED on stderr and go on with the rest of the script.
-_FOLLOW = (f"DUMPED={shell.quote(DUMPED)} PAGEMAP={shell.quote(PAGEMAP)}\n"
-           f"PIPE_SIZE={shell.quote(PIPE_SIZE + ' sleep')}\n") + r"""
-img=$1 dst=$2 z=$3 p1=$4; shift 4
-declare -A seen; pids=(); n=1
-umask 077; mkdir -p "$img"; mkfifo "$img/pages-1.img" "$img/../tick"; seen[pages-1.img]=1
-exec 5<>"$img/../tick"  # a pipe nobody writes: `read -t` on it sleeps without starting a process
-# The pages pipe 1 MiB deep instead of 64 KiB (fewer switches between CRIU and ssh): a
-# process of its own holds it open with that size until the dump has ended (without perl,
-# the pipe keeps its default size).
-perl -e "$PIPE_SIZE" "$img/pages-1.img" 2>/dev/null & holder=$!
-if [ "$z" = 1 ]; then
-  ( set -o pipefail; send p1 1 "$UNZSTD | { $p1; }" < "$img/pages-1.img" ) & pids+=($!)
-else
-  "${SSH[@]}" "$p1" < "$img/pages-1.img" & pids+=($!)
-fi
-"$@" & dump=$!
-while :; do
-  alive=0; kill -0 "$dump" 2>/dev/null && alive=1
-  for f in "$img"/pages-*.img; do
-    b=${f##*/}
-    [[ -e $f && $b =~ ^pages-[0-9]+\.img$ && -z ${seen[$b]:-} ]] || continue
-    seen[$b]=1; n=$((n + 1))
-    remote="umask 077; cat > $(printf %q "$dst/$b")"
-    [ "$z" = 1 ] && remote="$UNZSTD | { $remote; }"
-    if [ $alive = 1 ]; then
-      ( set -o pipefail; tail -c +1 -s 0.02 -f --pid="$dump" "$f" | send "p$n" "$z" "$remote" ) & pids+=($!)
-    else
-      ( set -o pipefail; send "p$n" "$z" "$remote" < "$f" ) & pids+=($!)
-    fi
-  done
-  [ $alive = 1 ] || break
-  read -r -t 0.01 _ <&5 || :
-done
-wait "$dump"; rc=$?
-kill "$holder" 2>/dev/null; wait "$holder"
-exec 4<>"$img/pages-1.img"; exec 4>&-  # frees a sender still waiting for CRIU to open it (EOF)
-if [ $rc != 0 ]; then kill "${pids[@]}" 2>/dev/null; wait; exit $rc; fi
-for f in "$img"/pagemap-*.img; do [ ! -e "$f" ] || echo "$PAGEMAP$(base64 -w0 "$f")" >&2; done
-echo "$DUMPED" >&2
-"""
 
 
 @dataclass
 class Job:
     producer: list[list[str]]
     consumer: list[list[str]]
-    then: list[str] | None = None  # run on the receiving side after the consumer succeeded
+    then: list[str | int] | None = None  # run on the receiving side after the consumer succeeded
     compress: bool = True
 
 
@@ -120,11 +58,11 @@ def worth_compressing(raw: int, packed: int, seconds: float, link_bps: float) ->
     return ratio < 0.9 and speed > 1.2 * link_bps * ratio
 
 
-def tar_job(src_dir: str, dst_dir: str, *, verify: bool = False, compress: bool = True, exclude: str = "") -> Job:
-    """Copy the contents of src_dir into dst_dir (which must exist), checked against its
-    MANIFEST there when `verify`."""
+def tar_job(src_dir: str, dst_dir: str, *, then: list[str | int] | None = None, compress: bool = True,
+            exclude: str = "") -> Job:
+    """Copy the contents of src_dir into dst_dir (which must exist), then run `then` there."""
     return Job([[*shell.TAR, "-C", src_dir, *([f"--exclude={exclude}"] if exclude else []), "-cf", "-", "."]],
-               [[*shell.TAR, "-C", dst_dir, "-xpf", "-"]], verify_argv(dst_dir) if verify else None, compress)
+               [[*shell.TAR, "-C", dst_dir, "-xpf", "-"]], then, compress)
 
 
 @dataclass
@@ -133,7 +71,7 @@ class Link:
 
     src: Host
     dst: Host
-    mid: str
+    operation: str
     workdir: str
     direct: bool = False
     _key_path: str = ""
@@ -150,13 +88,14 @@ class Link:
                 "-o", "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr",
                 "-p", str(s.port), "-l", s.user, s.address]
 
-    def _remote(self, consumer: list[list[str]], then: list[str] | None) -> str:
+    def _remote(self, consumer: list[list[str]], then: list[str | int] | None) -> str:
         cmd = shell.join(shell.pipeline(*consumer))
         return cmd + (" && " + shell.join(then) if then else "")
 
     def check(self, what: str, r: CommandResult) -> None:
         if not r.ok:
-            raise TransferError(f"{what}: {self.src.name} -> {self.dst.name} failed on {r.host}: {_last(r.stderr)}")
+            raise TransferError(f"{what}: {self.src.name} -> {self.dst.name} failed on {r.host}: "
+                                f"{tail(r.stderr, 3, 300)}")
 
     def pipe(self, producer: list[list[str]], consumer: list[list[str]], what: str,
              progress: Progress | None = None) -> int:
@@ -164,23 +103,19 @@ class Link:
         on the wire; returns the bytes that crossed it."""
         return self.pipes([Job(producer, consumer)], what, progress)
 
-    def _script(self, body: str) -> str:
-        """A source-side bash script with SSH (the command to the target) and `send JOB Z
-        REMOTE` (stdin, compressed if Z is 1, counted for progress as job JOB, into REMOTE
-        run on the target) defined before body."""
-        return ("SSH=(" + shell.join(self._ssh_argv()) + ")\n" + _SEND + body)
+    def _transfer_argv(self, jobs: list[tuple[str, Job]], *follow: str | int) -> list[str | int]:
+        """transfer.sh on the source, sending each job (and with `follow`, a dump's pages)."""
+        argv = hostscripts.argv(self.src, "transfer.sh", "--ssh", shell.join(self._ssh_argv()),
+                                "--zstd", shell.join(shell.ZSTD), "--unzstd", shell.join(shell.UNZSTD))
+        for name, job in jobs:
+            remote = self._remote([*([shell.UNZSTD] if job.compress else []), *job.consumer], job.then)
+            argv += ["--job", name, "--producer", " | ".join(shell.join(c) for c in job.producer),
+                     "--remote", remote, *([] if job.compress else ["--raw"])]
+        return argv + list(follow)
 
-    def _remote_for(self, job: Job) -> str:
-        return self._remote([*([_UNZSTD] if job.compress else []), *job.consumer], job.then)
-
-    def _job_line(self, name: str, job: Job) -> str:
-        """Start one job in the background of a _script (its pid joins `pids`)."""
-        return (f"( set -o pipefail; {' | '.join(shell.join(c) for c in job.producer)} | "
-                f"send {name} {int(job.compress)} {shell.quote(self._remote_for(job))} ) & pids+=($!)\n")
-
-    def _run_script(self, script: str, argv: list[str | int], progress: Progress | None,
-                    on_line: Callable[[str], None] | None = None) -> tuple[CommandResult, int]:
-        """Run a _script on the source, reporting its jobs' bytes as they go; returns its
+    def _run_transfer(self, argv: list[str | int], progress: Progress | None,
+                      on_line: Callable[[str], None] | None = None) -> tuple[CommandResult, int]:
+        """Run transfer.sh on the source, reporting its jobs' bytes as they go; returns its
         result and the bytes that crossed the wire."""
         seen: dict[str, int] = {}
 
@@ -194,7 +129,7 @@ class Link:
             elif on_line:
                 on_line(text)
 
-        r = self.src.stream(["bash", "-c", script, "transfer", *argv], line)
+        r = self.src.stream(argv, line)
         r = dataclasses.replace(r, stderr="\n".join(x for x in r.stderr.splitlines() if not _JOB_LINE.match(x)
                                                     and x != DUMPED and not x.startswith(PAGEMAP)))
         sent = sum(seen.values())
@@ -205,14 +140,13 @@ class Link:
         """Several pipes at once: in one command on the source when direct (one round trip
         from here, the copies in parallel), one after the other when relayed."""
         if self.direct:
-            body = "pids=()\n" + "".join(self._job_line(f"j{i}", j) for i, j in enumerate(jobs)) + _WAIT_ALL
-            r, sent = self._run_script(self._script(body), [], progress)
+            r, sent = self._run_transfer(self._transfer_argv([(f"j{i}", j) for i, j in enumerate(jobs)]), progress)
             self.check(what, r)
             return sent
         sent = 0  # through this machine, usually a slower path: always compressed
         for j in jobs:
-            n, rs, rd = relay(self.src.open(shell.pipeline(*j.producer, _ZSTD)),
-                              self.dst.open(["bash", "-c", self._remote([_UNZSTD, *j.consumer], j.then)]),
+            n, rs, rd = relay(self.src.open(shell.pipeline(*j.producer, shell.ZSTD)),
+                              self.dst.open(["bash", "-c", self._remote([shell.UNZSTD, *j.consumer], j.then)]),
                               progress)
             for r in (rs, rd):
                 self.check(what, r)
@@ -231,11 +165,12 @@ class Link:
         only. Returns the dump's result when it failed (nothing else is sent), else the whole
         result, the bytes sent and the pages files' sizes."""
         assert self.direct
-        body = (_FOLLOW
-                + self._job_line("small", tar_job(src_img, dst_img, exclude="pages-*.img", compress=compress))
-                + "".join(self._job_line(f"a{i}", j) for i, j in enumerate(after))
-                + _WAIT_ALL)
-
+        jobs = [("small", tar_job(src_img, dst_img, exclude="pages-*.img", compress=compress)),
+                *((f"a{i}", j) for i, j in enumerate(after))]
+        pages_writer = in_place(f"{dst_img}/pages-1.img", "" if compress else "p1", hostscripts.installed(self.dst))
+        argv = self._transfer_argv(jobs, "--follow-img", src_img, "--follow-dst", dst_img,
+                                   "--pages-writer", pages_writer, *([] if compress else ["--raw-pages"]),
+                                   "--dumped", DUMPED, "--pagemap", PAGEMAP, "--", *dump)
         pagemaps: list[bytes] = []
 
         def line(text: str) -> None:
@@ -244,29 +179,25 @@ class Link:
             elif text == DUMPED and on_dumped:
                 on_dumped()
 
-        p1 = in_place(f"{dst_img}/pages-1.img", "" if compress else "p1")
-        r, sent = self._run_script(self._script(body), [src_img, dst_img, int(compress), p1, *dump], progress, line)
+        r, sent = self._run_transfer(argv, progress, line)
         return r, sent, expected_pages(pagemaps)
 
     def copy_dirs(self, pairs: list[tuple[str, str, bool]], progress: Progress | None = None) -> int:
         """Copy the contents of each src dir into its dst dir (which must exist); where the
         flag is set, the receiving side checks the copy against its MANIFEST to succeed."""
-        jobs = [tar_job(s, d, verify=verify) for s, d, verify in pairs]
+        jobs = [tar_job(s, d, then=verify_argv(self.dst, d) if verify else None) for s, d, verify in pairs]
         return self.pipes(jobs, "copy " + ", ".join(s for s, _, _ in pairs), progress)
 
     def copy_dir(self, src_dir: str, dst_dir: str, progress: Progress | None = None, verify: bool = False) -> int:
         return self.copy_dirs([(src_dir, dst_dir, verify)], progress)
 
     def measure(self, mib: int = 128) -> float:
-        """The direct path's throughput in bytes/s: `mib` MiB of zeros (ssh does not
-        compress), less the time an ssh connection takes to set up, measured alongside."""
+        """The direct path's throughput in bytes/s: `mib` MiB of zeros, less the time an ssh
+        connection takes to set up, measured alongside."""
         if not self.direct:
             return 0.0
-        ssh = shell.join(self._ssh_argv())
-        script = (f"s=$(date +%s%N); {ssh} true || exit 1; m=$(date +%s%N); "
-                  f"dd if=/dev/zero bs=1M count={int(mib)} status=none | {ssh} 'cat > /dev/null' || exit 1; "
-                  "e=$(date +%s%N); echo $(( m - s )) $(( e - m ))")
-        r = self.src.run(["bash", "-c", script], check=False, timeout=120)
+        r = self.src.run(hostscripts.argv(self.src, "measure-link.sh", "--ssh", shell.join(self._ssh_argv()),
+                                          "--mib", int(mib)), check=False, timeout=120)
         parts = r.stdout.split()
         if r.ok and len(parts) == 2 and int(parts[1]) > int(parts[0]):
             self.bps = mib * 1048576 / ((int(parts[1]) - int(parts[0])) / 1e9)
@@ -283,7 +214,7 @@ class Link:
                          check=False, timeout=None)
         if not r.ok:
             raise TransferError(f"rsync {self.src.name}:{src_dir} -> {self.dst.name}:{dst_dir} failed:"
-                                f" {_last(r.stderr)}")
+                                f" {tail(r.stderr, 3, 300)}")
         sent = 0
         for line in r.stdout.splitlines():
             if line.startswith("Total bytes sent:"):
@@ -295,20 +226,15 @@ class Link:
         """Remove the single-use key from both hosts. Safe to call more than once."""
         if not self.direct and not self._key_path:
             return
-        remove_key(self.dst, self.mid)
+        remove_key(self.dst, self.operation)
         stop_master(self.src, self.workdir)
         self.src.run(["rm", "-f", self._key_path, self._known_hosts], check=False)
         self._key_path = ""
         self.direct = False
 
 
-def _last(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if "records in" not in ln and "records out" not in ln]
-    return " ".join(lines[-3:])[-300:] or "no output"
-
-
-def key_comment(mid: str) -> str:
-    return f"migrator-transfer-{mid}"
+def key_comment(operation: str) -> str:
+    return f"migrator-transfer-{operation}"
 
 
 def stop_master(host: Host, workdir: str) -> None:
@@ -317,33 +243,33 @@ def stop_master(host: Host, workdir: str) -> None:
               "_", workdir], check=False)
 
 
-def remove_key(host: Host, mid: str) -> None:
-    """Drop the single-use key of migration `mid` from host's authorized_keys."""
-    pattern = f"/ {key_comment(mid)}$/d"
+def remove_key(host: Host, operation: str) -> None:
+    """Drop the single-use key of `operation` from host's authorized_keys."""
+    pattern = f"/ {key_comment(operation)}$/d"
     host.run(["bash", "-c", 'f="$HOME/.ssh/authorized_keys"; [ ! -f "$f" ] || sed -i -e "$1" "$f"',
               "_", pattern], check=False)
 
 
-def open_link(src: Host, dst: Host, mid: str, workdir: str, *, relay_only: bool = False) -> Link:
+def open_link(src: Host, dst: Host, operation: str, workdir: str, *, relay_only: bool = False) -> Link:
     """Try the direct path (source -> target SSH with a single-use key); fall back to relay."""
-    link = Link(src, dst, mid, workdir)
+    link = Link(src, dst, operation, workdir)
     if relay_only:
         return link
     key = Ed25519PrivateKey.generate()
-    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                             serialization.NoEncryption())
-    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                        serialization.PublicFormat.OpenSSH).decode()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
     host_key = _target_host_key(dst)
     if host_key is None:
         log.info("%s: no host key for the target in known_hosts; relaying", dst.name)
         return link
     expiry = time.strftime("%Y%m%d%H%M", time.gmtime(time.time() + KEY_TTL_S))
     opts = f'restrict,from="{src.spec.address}",expiry-time="{expiry}Z"'
-    line = f"{opts} {pub} {key_comment(mid)}"
+    line = f"{opts} {public} {key_comment(operation)}"
     link._key_path = f"{workdir}/transfer_key"
     link._known_hosts = f"{workdir}/known_hosts"
-    src.put(priv, link._key_path, 0o600)
+    src.put(private, link._key_path, 0o600)
     src.put(host_key.encode(), link._known_hosts, 0o600)
     dst.run(["bash", "-c",
              'umask 077; mkdir -p "$HOME/.ssh"; printf "%s\\n" "$1" >> "$HOME/.ssh/authorized_keys"',
@@ -361,7 +287,7 @@ def open_link(src: Host, dst: Host, mid: str, workdir: str, *, relay_only: bool 
     else:
         why = r.stderr.strip()[-200:] if r is not None else "timed out"
         log.info("%s cannot reach %s directly (%s); relaying through the controller", src.name, dst.name, why)
-        remove_key(dst, mid)
+        remove_key(dst, operation)
         src.run(["rm", "-f", link._key_path, link._known_hosts], check=False)
         link._key_path = ""
     return link
@@ -378,12 +304,12 @@ def _target_host_key(dst: Host) -> str | None:
     return "".join(f"{name} {k.get_name()} {k.get_base64()}\n" for k in entry.values())
 
 
-def ship_image(link: Link, se: Engine, de: Engine, image_id: str, image_ref: str,
+def ship_image(link: Link, source_engine: Engine, target_engine: Engine, image_id: str, image_ref: str,
                progress: Progress | None = None) -> int:
     """Make the image exist on the target (by ID, under its name when the source's name
     points at it). Returns the bytes sent; 0 when the target already had it."""
-    if de.image_exists(image_id):
+    if target_engine.image_exists(image_id):
         return 0
-    tagged = se.image_inspect(image_ref) or {}
+    tagged = source_engine.image_inspect(image_ref) or {}
     ref = image_ref if tagged.get("Id") == image_id else image_id
     return link.pipe([["docker", "save", ref]], [["docker", "load", "-q"]], f"image {ref}", progress)

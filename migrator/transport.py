@@ -60,6 +60,9 @@ class Host:
         self._client: paramiko.SSHClient | None = None
         self._docker: Any = None
         self._lock = threading.Lock()
+        # What was learnt about the host over this connection and need not be asked again
+        # (where the host-side scripts are, for one).
+        self.facts: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"Host({self.name}@{self.spec.address})"

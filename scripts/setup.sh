@@ -7,9 +7,10 @@ say() { printf 'setup: %s\n' "$*"; }
 [ "$(id -u)" -eq 0 ] || { echo "setup: must run as root (it installs packages and builds CRIU)" >&2; exit 1; }
 
 CRIU_MIN=4.2
-# podman and netavark only for the benchmark's comparison with Podman's own migration.
+# podman and netavark only for the benchmark's comparison with Podman's own migration;
+# the linter of the host-side scripts (shellcheck) for `make lint`.
 APT_PKGS=(docker.io openssh-server rsync iproute2 iptables redis-server redis-tools busybox-static
-          zstd podman netavark)
+          zstd podman netavark shellcheck)
 CRIU_BUILD_DEPS=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
                  protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
                  libgnutls28-dev libnftables-dev uuid-dev libaio-dev)
@@ -63,7 +64,7 @@ else
         say "downloading criu source (sid)"
         apt-get source --download-only criu/sid >/dev/null 2>&1 || true
     fi
-    tarball=$(ls criu_4.2*.orig.tar.* 2>/dev/null | sort -V | tail -1)
+    tarball=$(find . -maxdepth 1 -name "criu_4.2*.orig.tar.*" -printf "%f\n" | sort -V | tail -1)
     [ -n "$tarball" ] || { echo "setup: could not download criu 4.2 source from sid" >&2; exit 1; }
     rm -rf src && mkdir src && tar -xf "$tarball" -C src --strip-components=1
     say "building criu from $tarball (about a minute)"

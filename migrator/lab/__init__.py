@@ -13,9 +13,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -23,15 +21,18 @@ from pathlib import Path
 
 import yaml
 
+from ..controller import alive, atomic_write
 from ..errors import LabError
 from ..transport import wait_for
+from . import image, network
+from .image import IMAGE
+from .processes import cgroup_pids, comm, in_mount_ns, read_pid, remove_cgroups, run, terminate
 
 log = logging.getLogger(__name__)
 
 LAB_DIR = Path(os.environ.get("MIGRATOR_LAB_DIR", "/var/lib/migrator-lab"))
 BRIDGE = "mglab0"
 SUBNET = "10.203.0"  # controller .1, hosts .11, .12, ...
-IMAGE = "lab/redis"
 # Mount points the hosts bind their own directories onto; made here if missing, and
 # removed again by `down` when the lab made them.
 MOUNT_POINTS = ["/var/lib/docker", "/var/lib/containers", "/etc/criu", "/var/lib/migrator", "/root/.ssh"]
@@ -48,40 +49,9 @@ class LabHost:
     anchor_pid: int = 0
 
 
-def _run(argv: list[str], check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
-    log.debug("lab$ %s", " ".join(argv))
-    kw.setdefault("text", True)
-    r = subprocess.run(argv, capture_output=True, **kw)  # type: ignore[call-overload]
-    if check and r.returncode != 0:
-        msg = r.stderr or r.stdout
-        msg = msg.decode(errors="replace") if isinstance(msg, bytes) else msg
-        raise LabError(f"`{' '.join(argv)}` failed: {msg.strip()[-400:]}")
-    return r  # type: ignore[no-any-return]
-
-
 def require_root() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (namespaces, bridges, dockerd)", hint="run it with sudo")
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
-
-
-def _read_pid(path: Path) -> int:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return 0
 
 
 class Lab:
@@ -109,9 +79,7 @@ class Lab:
 
     def _save(self, hosts: list[LabHost]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"hosts": [asdict(h) for h in hosts]}, indent=1))
-        tmp.replace(self.state_file)
+        atomic_write(self.state_file, json.dumps({"hosts": [asdict(h) for h in hosts]}, indent=1))
 
     def host(self, name: str) -> LabHost:
         for h in self.hosts():
@@ -122,9 +90,9 @@ class Lab:
     def healthy(self, h: LabHost) -> bool:
         d = Path(h.dir)
         return (
-            _alive(h.anchor_pid)
-            and _alive(_read_pid(d / "dockerd.pid"))
-            and _alive(_read_pid(d / "sshd.pid"))
+            alive(h.anchor_pid)
+            and alive(read_pid(d / "dockerd.pid"))
+            and alive(read_pid(d / "sshd.pid"))
             and Path(f"/run/netns/{h.netns}").exists()
         )
 
@@ -166,26 +134,13 @@ class Lab:
         self.write_inventory(inventory or Path("inventory/lab.yaml"))
         return done
 
-    def _forward_rule(self) -> list[str]:
-        return ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
-
     def _controller_key(self) -> None:
         if not self.key.exists():
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "migrator-lab-controller",
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "migrator-lab-controller",
                   "-f", str(self.key)])
 
     def _bridge(self) -> None:
-        br = self.bridge
-        if not Path(f"/sys/class/net/{br}").exists():
-            self.say(f"bridge {br} {self.subnet}.1/24")
-            _run(["ip", "link", "add", br, "type", "bridge"])
-            _run(["ip", "addr", "add", f"{self.subnet}.1/24", "dev", br])
-            _run(["ip", "link", "set", br, "up"])
-        # With bridge-nf-call-iptables, bridged host-to-host packets cross this namespace's
-        # FORWARD chain, whose policy may be DROP (left by some other dockerd).
-        rule = self._forward_rule()
-        if _run(["iptables", "-C", *rule], check=False).returncode != 0:
-            _run(["iptables", "-I", *rule])
+        network.bridge_up(self.bridge, self.subnet, self.say)
         # Record mount points the lab had to make, so `down` removes only those.
         made = self.root / "made-mountpoints"
         for mp in MOUNT_POINTS:
@@ -201,7 +156,7 @@ class Lab:
         for sub in ("docker", "containers", "criu", "migrator", "root-ssh"):
             (d / sub).mkdir(parents=True, mode=0o700)
         # Keys: the host's own host key, and the controller's public key for root.
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{h.name}-hostkey",
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{h.name}-hostkey",
               "-f", str(d / "ssh_host_ed25519_key")])
         shutil.copy(self.key.with_suffix(".pub"), d / "root-ssh" / "authorized_keys")
         os.chmod(d / "root-ssh" / "authorized_keys", 0o600)
@@ -219,18 +174,7 @@ class Lab:
             "AuthorizedKeysFile .ssh/authorized_keys\nMaxSessions 64\nMaxStartups 64:30:128\n"
             "Subsystem sftp internal-sftp\nPrintMotd no\n"
         )
-        # Network namespace with a veth into the bridge.
-        _run(["ip", "netns", "add", h.netns])
-        veth = f"mgv-{h.name}"[:15]
-        if Path(f"/sys/class/net/{veth}").exists():
-            _run(["ip", "link", "del", veth])
-        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", h.netns])
-        _run(["ip", "link", "set", veth, "master", self.bridge, "up"])
-        ns = ["ip", "-n", h.netns]
-        _run([*ns, "link", "set", "lo", "up"])
-        _run([*ns, "addr", "add", f"{h.address}/24", "dev", "eth0"])
-        _run([*ns, "link", "set", "eth0", "up"])
-        _run([*ns, "route", "add", "default", "via", f"{self.subnet}.1"])
+        network.host_net_up(h.name, h.netns, h.address, self.bridge, self.subnet)
         script = resources.files("migrator.lab").joinpath("host-init.sh")
         log_f = open(d / "init.log", "wb")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
@@ -243,9 +187,9 @@ class Lab:
 
     def _wait_ready(self, h: LabHost) -> None:
         d = Path(h.dir)
-        if not wait_for(lambda: (d / "ready").exists() or not _alive(h.anchor_pid), 30):
+        if not wait_for(lambda: (d / "ready").exists() or not alive(h.anchor_pid), 30):
             raise LabError(f"{h.name}: did not start; see {d}/init.log")
-        if not _alive(h.anchor_pid):
+        if not alive(h.anchor_pid):
             raise LabError(f"{h.name}: init failed: {(d / 'init.log').read_text()[-400:]}")
         if not wait_for(lambda: self._docker_ok(h), 60, 0.2):
             raise LabError(f"{h.name}: dockerd did not come up; see {d}/dockerd.log")
@@ -253,29 +197,24 @@ class Lab:
     def ns_exec(self, h: LabHost, argv: list[str], check: bool = True,
                 **kw: object) -> subprocess.CompletedProcess[str]:
         """Run argv inside a lab host's namespaces (for the lab itself and fault tests)."""
-        return _run(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", *argv], check=check, **kw)
+        return run(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", *argv], check=check, **kw)
 
     def _write_known_hosts(self, hosts: list[LabHost]) -> None:
         lines = []
         for h in hosts:
             pub = (Path(h.dir) / "ssh_host_ed25519_key.pub").read_text().split()
             lines.append(f"{h.address} {pub[0]} {pub[1]}\n")
-        tmp = self.known_hosts.with_suffix(".tmp")
-        tmp.write_text("".join(lines))
-        tmp.replace(self.known_hosts)
+        atomic_write(self.known_hosts, "".join(lines), 0o644)
 
     def _check_links(self, hosts: list[LabHost]) -> None:
         """Controller-to-host and host-to-host reachability, both, over TCP to sshd."""
-        for h in hosts:
-            targets = [x.address for x in hosts]
-            for addr in targets:
-                probe = ["bash", "-c", f"exec 3<>/dev/tcp/{addr}/22"]
-                def reach(h: LabHost = h, probe: list[str] = probe) -> bool:
-                    return self.ns_exec(h, probe, check=False, timeout=5).returncode == 0
+        by_name = {h.name: h for h in hosts}
 
-                if not wait_for(reach, 10):
-                    raise LabError(f"{h.name} cannot reach {addr}:22 over the lab bridge",
-                                   hint="check the FORWARD chain and bridge-nf-call-iptables")
+        def reaches(name: str, address: str) -> bool:
+            probe = ["bash", "-c", f"exec 3<>/dev/tcp/{address}/22"]
+            return self.ns_exec(by_name[name], probe, check=False, timeout=5).returncode == 0
+
+        network.check_links([(h.name, h.address) for h in hosts], reaches)
 
     def _ensure_image(self, h: LabHost) -> bool:
         if self.ns_exec(h, ["docker", "image", "inspect", IMAGE], check=False).returncode == 0:
@@ -290,44 +229,10 @@ class Lab:
         return True
 
     def _build_image(self, h: LabHost, tar: Path) -> None:
-        """redis-server + the libraries ldd names + a static busybox, imported once and
-        saved, so every host loads the same image ID (no registry exists here)."""
-        redis = shutil.which("redis-server") or "/usr/bin/redis-server"
-        busybox = shutil.which("busybox") or "/bin/busybox"
-        rootfs = self.root / "rootfs"
-        if rootfs.exists():
-            shutil.rmtree(rootfs)
-        libs = [redis]
-        for line in _run(["ldd", redis]).stdout.splitlines():
-            parts = line.split()
-            path = next((p for p in parts if p.startswith("/")), None)
-            if path:
-                libs.append(path)
-        for f in libs:
-            dest = rootfs / f.lstrip("/")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(os.path.realpath(f), dest)
-        (rootfs / "bin").mkdir(exist_ok=True)
-        shutil.copy2(busybox, rootfs / "bin" / "busybox")
-        for tool in ("sh", "ls", "cat", "sleep", "echo", "nc", "mkdir", "rm", "sync"):
-            os.symlink("busybox", rootfs / "bin" / tool)
-        for d in ("tmp", "data", "etc"):
-            (rootfs / d).mkdir(exist_ok=True)
-        (rootfs / "tmp").chmod(0o1777)
-        (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-        changes = [
-            'CMD ["/usr/bin/redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no"]',
-            "EXPOSE 6379", "WORKDIR /data", "ENV PATH=/usr/bin:/bin",
-        ]
-        tarball = _run(["tar", "-C", str(rootfs), "-c", "."], text=False)  # type: ignore[arg-type]
-        argv = ["docker", "import"]
-        for c in changes:
-            argv += ["--change", c]
-        self.ns_exec(h, [*argv, "-", IMAGE], input=tarball.stdout, text=False)
+        self.ns_exec(h, image.import_argv(), input=image.build(self.root / "rootfs"), text=False)
         with tar.open("wb") as out:
             subprocess.run(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", "docker", "save", IMAGE],
                            stdout=out, check=True)
-        shutil.rmtree(rootfs)
 
     def write_inventory(self, path: Path) -> None:
         # `reboot: lab` tells playbooks to restart the host's dockerd and sshd (`lab restart`).
@@ -348,12 +253,12 @@ class Lab:
         first, as systemd's Restart= would: after a crash, the new dockerd's containerd can
         time out while a shim of the dead one still finishes a restore."""
         def up_or_dead(pid: int) -> bool:
-            return not _alive(pid) or self._docker_ok(h)
+            return not alive(pid) or self._docker_ok(h)
 
         for _ in range(tries):
             self.start_service(h, "dockerd")
-            pid = _read_pid(Path(h.dir) / "dockerd.pid")
-            if wait_for(functools.partial(up_or_dead, pid), 90, 0.2) and _alive(pid):
+            pid = read_pid(Path(h.dir) / "dockerd.pid")
+            if wait_for(functools.partial(up_or_dead, pid), 90, 0.2) and alive(pid):
                 return
         raise LabError(f"{h.name}: dockerd did not come up; see {h.dir}/dockerd.log")
 
@@ -370,23 +275,21 @@ class Lab:
         self.start_service(h, "sshd")
 
     def stop_service(self, h: LabHost, svc: str) -> None:
-        pid = _read_pid(Path(h.dir) / f"{svc}.pid")
-        _terminate([pid], 20 if svc == "dockerd" else 5)
+        pid = read_pid(Path(h.dir) / f"{svc}.pid")
+        terminate([pid], 20 if svc == "dockerd" else 5)
 
     def start_service(self, h: LabHost, svc: str) -> None:
         d = Path(h.dir)
         if svc == "dockerd":
             # A dockerd that was killed leaves its pid file; its pid is gone (init reaped it).
-            stale = _read_pid(d / "dockerd.pid")
-            if stale and not _alive(stale):
+            stale = read_pid(d / "dockerd.pid")
+            if stale and not alive(stale):
                 self.ns_exec(h, ["rm", "-f", "/var/run/docker.pid"], check=False)
                 # Its containerd can outlive it for a while, holding its socket and database (the
                 # new dockerd's own containerd then times out), and so can its docker-proxy
                 # processes, holding published ports no container has any more. The new dockerd
                 # starts both afresh for what it finds running.
-                mnt_ns = _ns_id(h.anchor_pid, "mnt")
-                _terminate([p for p in _all_pids() if _ns_id(p, "mnt") == mnt_ns
-                            and _comm(p) in ("containerd", "docker-proxy")], 10)
+                terminate([p for p in in_mount_ns(h.anchor_pid) if comm(p) in ("containerd", "docker-proxy")], 10)
             script = (f"( dockerd --config-file {d}/daemon.json >>{d}/dockerd.log 2>&1 & "
                       f"echo $! >{d}/dockerd.pid )")
         else:
@@ -401,12 +304,8 @@ class Lab:
         for h in self.hosts():
             self._host_down(h)
             done.append(f"{h.name}: removed")
-        if Path(f"/sys/class/net/{self.bridge}").exists():
-            _run(["ip", "link", "del", self.bridge])
+        if network.bridge_down(self.bridge):
             done.append(f"bridge {self.bridge}: removed")
-        rule = self._forward_rule()
-        while _run(["iptables", "-C", *rule], check=False).returncode == 0:
-            _run(["iptables", "-D", *rule])
         made = self.root / "made-mountpoints"
         if made.exists():
             for mp in made.read_text().split():
@@ -421,88 +320,15 @@ class Lab:
 
     def _host_down(self, h: LabHost) -> None:
         d = Path(h.dir)
-        mnt_ns = _ns_id(h.anchor_pid, "mnt") if _alive(h.anchor_pid) else None
         # dockerd first, gracefully: it stops its containers.
-        _terminate([_read_pid(d / "dockerd.pid")], 25)
+        terminate([read_pid(d / "dockerd.pid")], 25)
+        in_host = in_mount_ns(h.anchor_pid) if alive(h.anchor_pid) else []
         # Whatever still runs in this host's cgroups (containers) or mount namespace
         # (shims, sshd and its sessions, the anchor) was started by this host.
-        pids = _cgroup_pids(f"migrator-{h.name}")
-        if mnt_ns:
-            pids |= {p for p in _all_pids() if _ns_id(p, "mnt") == mnt_ns}
-        pids |= {_read_pid(d / "sshd.pid"), h.anchor_pid}
-        _terminate(sorted(p for p in pids if p > 0 and p != os.getpid()), 5)
-        _remove_cgroups(f"migrator-{h.name}")
-        if Path(f"/run/netns/{h.netns}").exists():
-            _run(["ip", "netns", "del", h.netns], check=False)
-        veth = f"mgv-{h.name}"[:15]
-        if Path(f"/sys/class/net/{veth}").exists():
-            _run(["ip", "link", "del", veth], check=False)
+        pids = cgroup_pids(f"migrator-{h.name}") | set(in_host)
+        pids |= {read_pid(d / "sshd.pid"), h.anchor_pid}
+        terminate(sorted(p for p in pids if p > 0 and p != os.getpid()), 5)
+        remove_cgroups(f"migrator-{h.name}")
+        network.host_net_down(h.name, h.netns)
         if d.exists():
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _ns_id(pid: int, kind: str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/{kind}")
-    except OSError:
-        return None
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _cgroup_pids(parent: str) -> set[int]:
-    pids: set[int] = set()
-    base = Path("/sys/fs/cgroup")
-    for ctl in base.iterdir() if base.exists() else []:
-        top = ctl / parent
-        if top.is_dir():
-            for procs in top.rglob("cgroup.procs"):
-                try:
-                    pids |= {int(x) for x in procs.read_text().split()}
-                except OSError:
-                    pass
-    return pids
-
-
-def _remove_cgroups(parent: str) -> None:
-    base = Path("/sys/fs/cgroup")
-    for ctl in base.iterdir() if base.exists() else []:
-        top = ctl / parent
-        if top.is_dir():
-            for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                try:
-                    sub.rmdir()
-                except OSError:
-                    pass
-            try:
-                top.rmdir()
-            except OSError:
-                pass
-
-
-def _terminate(pids: list[int], grace: float) -> None:
-    live = [p for p in pids if _alive(p)]
-    for p in live:
-        try:
-            os.kill(p, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in live):
-        time.sleep(0.1)
-    for p in live:
-        if _alive(p):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    wait_for(lambda: not any(_alive(p) for p in live), 5)

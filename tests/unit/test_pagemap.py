@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from migrator.checkpoint import PE_PARENT, PE_PRESENT, expected_pages, in_place, pages_size
+from migrator.checkpoint import in_place
 from migrator.errors import MigratorError
+from migrator.images import PE_PARENT, PE_PRESENT, expected_pages, pages_size
 
 
 def _varint(v: int) -> bytes:

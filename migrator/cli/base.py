@@ -1,0 +1,56 @@
+"""The Typer apps, the options every command shares, and the inventory they use."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import inventory as inventory_module
+from ..transport import Host
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Live-migrate running Docker containers between hosts with CRIU.")
+lab_app = typer.Typer(no_args_is_help=True, help="A local multi-host lab (root): real dockerd, CRIU, sshd.")
+app.add_typer(lab_app, name="lab")
+checkpoint_app = typer.Typer(no_args_is_help=True, help="Stored checkpoints on a host: create, ls, rm.")
+app.add_typer(checkpoint_app, name="checkpoint")
+
+OnHost = Annotated[str, typer.Option("--on", help="Host (inventory name).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+class State:
+    inventory: Path = inventory_module.default_path()
+
+
+state = State()
+
+
+@app.callback()
+def _main(
+    inventory: Annotated[Path | None, typer.Option("-i", "--inventory", help="Inventory YAML "
+              "(default inventory/hosts.yaml, or $MIGRATOR_INVENTORY).")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every command.")] = False,
+) -> None:
+    state.inventory = inventory or inventory_module.default_path()
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if not verbose:
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+def load_inventory() -> inventory_module.Inventory:
+    return inventory_module.load(state.inventory)
+
+
+def host_of(name: str) -> Host:
+    return Host(load_inventory().host(name))
+
+
+def hosts_option(value: str | None) -> list[str] | None:
+    """A comma-separated list of host names, or None."""
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None

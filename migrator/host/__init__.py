@@ -1,0 +1,1 @@
+"""The host-side scripts: package data, installed and run by `migrator.hostscripts`."""

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# accepts.sh: does the container accept TCP connections on PORT? A connect to its own
+# address (a leftover network lock fails it), or, with no address (host or no network),
+# from inside the network namespace of PID.
+#
+#   accepts.sh --pid PID --port PORT [--ip ADDRESS]
+# shellcheck source=lib.sh
+. "${BASH_SOURCE[0]%/*}/lib.sh"
+
+pid='' ip='' port=''
+while [ $# -gt 0 ]; do
+  case $1 in
+    --pid) pid=$2; shift 2 ;;
+    --ip) ip=$2; shift 2 ;;
+    --port) port=$2; shift 2 ;;
+    *) die "accepts.sh: unknown argument $1" ;;
+  esac
+done
+need pid "$pid"; need port "$port"
+accepts "$pid" "$ip" "$port"

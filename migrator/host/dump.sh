@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# dump.sh: checkpoint a container's processes into CRIU images, 0600, with their MANIFEST.
+# Through runc straight into the image directory (tmpfs when it fits), not `docker
+# checkpoint create`, which copies every page through containerd's content store. Without
+# Docker's runtime root (another exec-root), Docker's own checkpoint is the fallback.
+#
+#   dump.sh --img DIR --work DIR --container ID [--root RUNC_ROOT] [--leave-running]
+#
+# A held dump's post-dump step writes the MANIFEST itself (then it is left as it is).
+# shellcheck source=lib.sh
+. "${BASH_SOURCE[0]%/*}/lib.sh"
+
+root='' img='' work='' leave=0 ctr=''
+while [ $# -gt 0 ]; do
+  case $1 in
+    --root) root=$2; shift 2 ;;
+    --img) img=$2; shift 2 ;;
+    --work) work=$2; shift 2 ;;
+    --container) ctr=$2; shift 2 ;;
+    --leave-running) leave=1; shift ;;
+    *) die "dump.sh: unknown argument $1" ;;
+  esac
+done
+need img "$img"; need work "$work"; need container "$ctr"
+set -e
+umask 077; mkdir -p "$img" "$work"
+if [ -n "$root" ]; then
+  args=(--root "$root" checkpoint --image-path "$img" --work-path "$work")
+  [ "$leave" = 0 ] || args+=(--leave-running)
+  runc "${args[@]}" "$ctr" || { tail -5 "$work/dump.log" >&2 2>/dev/null; exit 1; }
+else
+  rmdir "$img"
+  args=(--checkpoint-dir "$(dirname "$img")")
+  [ "$leave" = 0 ] || args+=(--leave-running)
+  docker checkpoint create "${args[@]}" "$ctr" "$(basename "$img")" >/dev/null
+fi
+[ -e "$img/MANIFEST" ] && exit 0
+chmod -R go-rwx "$img"
+manifest "$img" > "$img/MANIFEST"

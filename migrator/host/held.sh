@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# held.sh: start a dump whose processes stay frozen once their images are complete, until
+# a verdict (release.sh): "commit" lets CRIU kill them (they run on the target now),
+# anything else makes CRIU resume them, untouched. The dump runs detached from this SSH
+# session (setsid), so a controller that dies leaves it waiting for `migrator recover`.
+#
+#   held.sh --hold DIR --pid PID --img DIR --lock DIR --conf FILE -- DUMP_COMMAND...
+#
+# DUMP_COMMAND must make CRIU run HOLD/post-dump as its action script (written here; it
+# runs post-dump.sh for the dump of PID only). Returns 0 once the images are complete, or
+# the dump's status with its output on stderr when it failed first. HOLD/rc gets the
+# dump's status when it ends.
+# shellcheck source=lib.sh
+. "${BASH_SOURCE[0]%/*}/lib.sh"
+
+hold='' pid='' img='' lock='' conf=''
+while [ $# -gt 0 ]; do
+  case $1 in
+    --hold) hold=$2; shift 2 ;;
+    --pid) pid=$2; shift 2 ;;
+    --img) img=$2; shift 2 ;;
+    --lock) lock=$2; shift 2 ;;
+    --conf) conf=$2; shift 2 ;;
+    --) shift; break ;;
+    *) die "held.sh: unknown argument $1" ;;
+  esac
+done
+need hold "$hold"; need pid "$pid"; need img "$img"; need lock "$lock"; need conf "$conf"
+[ $# -gt 0 ] || die "held.sh: no dump command after --"
+
+umask 077; mkdir -p "$hold"; rm -f "$hold/dumped" "$hold/verdict" "$hold/rc"
+[ -p "$hold/tick" ] || mkfifo "$hold/tick"
+printf '%s\n' "$pid" > "$hold/pid"; printf '%s\n' "$img" > "$hold/img"
+printf '#!/bin/bash\nexec bash %q --hold %q --lock %q --conf %q\n' \
+  "${BASH_SOURCE[0]%/*}/post-dump.sh" "$hold" "$lock" "$conf" > "$hold/post-dump"
+chmod 0700 "$hold/post-dump"
+# shellcheck disable=SC2016  # the inner script's own variables
+setsid bash -c '"$@" > "$0/out" 2>&1; echo $? > "$0/rc.new"; mv "$0/rc.new" "$0/rc"' "$hold" "$@" \
+  </dev/null >/dev/null 2>&1 &
+await_file "$hold/tick" 0 "$hold/dumped" "$hold/rc"
+[ -e "$hold/dumped" ] && exit 0
+cat "$hold/out" >&2; exit "$(cat "$hold/rc")"

@@ -1,0 +1,130 @@
+# shellcheck shell=bash
+# lib.sh: the functions migrator's host-side scripts share. Sourced by each of them, never
+# run on its own. Every function takes what it works on as arguments (no globals).
+
+# die MESSAGE...: the message on stderr, exit 1.
+die() { printf '%s\n' "$*" >&2; exit 1; }
+
+# need NAME VALUE: fail unless an argument was given.
+need() { [ -n "$2" ] || die "${0##*/}: --$1 is required"; }
+
+# lock_take DIR OWNER: take the lock DIR (mkdir is atomic: whoever makes it holds it) and
+# name its owner in DIR/owner. Fails when someone holds it.
+lock_take() {
+  (umask 077; mkdir -p "$(dirname "$1")" && mkdir "$1" 2>/dev/null && printf '%s' "$2" > "$1/owner")
+}
+
+# lock_owner DIR: who holds the lock DIR ('' while it is being taken, or when free).
+lock_owner() { cat "$1/owner" 2>/dev/null || true; }
+
+# put_back LOCK CONF: runc.conf (CONF) as it was before the holder of LOCK changed it, and
+# the lock released.
+put_back() {
+  if [ -e "$1/runc.conf.orig" ]; then mv -f "$1/runc.conf.orig" "$2"
+  elif [ -e "$1/runc.conf.absent" ]; then rm -f "$2"; fi
+  rm -rf "$1"
+}
+
+# manifest DIR: a CRC line per regular file of DIR, on stdout (pages CRIU wrote into a pipe
+# are not files there: SSH's MAC covered them on the wire).
+manifest() { (cd "$1" && find . -type f ! -name MANIFEST -print0 | sort -z | xargs -0 -r cksum -a crc); }
+
+# verify_manifest DIR: every file DIR/MANIFEST names is there with that CRC, or say not.
+verify_manifest() {
+  diff <(cd "$1" && sed 's/^[0-9]* [0-9]* //' MANIFEST | tr '\n' '\0' | xargs -0 -r cksum -a crc 2>&1) \
+    "$1/MANIFEST" >/dev/null && [ -s "$1/MANIFEST" ] && return
+  echo "checkpoint in $1 does not match its checksums; not restoring from it" >&2; return 1
+}
+
+# check_pages DIR "FILE:SIZE ...": each pages file in DIR has the size CRIU's pagemap gives
+# it. A pages file cut short makes CRIU's restore spin instead of failing.
+check_pages() {
+  local dir=$1 p n
+  for p in $2; do
+    n=$(stat -c %s "$dir/${p%:*}" 2>/dev/null || echo 0)
+    [ "$n" = "${p##*:}" ] || {
+      echo "${p%:*} in $dir has $n bytes, its pagemap says ${p##*:}; not restoring from it" >&2; return 1; }
+  done
+}
+
+# accepts PID IP PORT: a TCP connect to the container's own address succeeds (a leftover
+# network lock fails it); with no IP (host or no network), from inside PID's namespace.
+accepts() {
+  # shellcheck disable=SC2016  # the inner scripts' own arguments
+  if [ -n "$2" ]; then timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$2" "$3" 2>/dev/null
+  else timeout 2 nsenter -t "$1" -n bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$3" 2>/dev/null; fi
+}
+
+# refuse PID: inside CRIU's network lock of PID's network namespace (its CRIU chain, whose
+# first rule lets CRIU's own packets through), answer TCP with a reset instead of dropping
+# it, so that clients turn away at once instead of waiting out a SYN retransmit. Flushed
+# with the lock's chain; nothing happens where there is no lock.
+refuse() {
+  local t
+  for t in iptables ip6tables; do
+    nsenter -t "$1" -n "$t" -w -I CRIU 2 -p tcp --tcp-flags RST RST -j ACCEPT 2>/dev/null &&
+      nsenter -t "$1" -n "$t" -w -I CRIU 3 -p tcp -j REJECT --reject-with tcp-reset 2>/dev/null
+  done
+  return 0
+}
+
+# guard -I|-D PORT...: on the host, refuse (TCP reset), or stop refusing, the new connections
+# Docker forwards from these published ports to a container. Between Docker publishing them
+# and the container's network being up they would be dropped.
+guard() {
+  local op=$1 p t; shift
+  for p; do for t in iptables ip6tables; do
+    "$t" -w "$op" DOCKER-USER -p tcp --syn -m conntrack --ctstate DNAT --ctorigdstport "$p" \
+      -j REJECT --reject-with tcp-reset 2>/dev/null || :
+  done; done
+}
+
+# await_file TICK SECONDS FILE...: until one of the FILEs exists (SECONDS 0: no bound;
+# returns 1 when they ran out). Sleeps on TICK, a pipe nobody writes: `read -t` on it waits
+# without starting a process.
+await_file() {
+  local tick=$1 bound=$2 end=$((SECONDS + $2)) f; shift 2
+  exec 3<>"$tick"
+  while :; do
+    for f; do [ -e "$f" ] && return 0; done
+    [ "$bound" = 0 ] || [ "$SECONDS" -lt "$end" ] || return 1
+    read -r -t 0.01 _ <&3 || :
+  done
+}
+
+# freeze TICK PID: freeze the cgroup of PID (its v1 freezer or its v2 cgroup.freeze) and
+# return once it is frozen, looking every millisecond for up to 2 s; then thaw it back and
+# let CRIU freeze it its own way. CRIU finding it frozen goes straight on, where it would
+# check its own freezing only every 100 ms. PROC_ROOT and CGROUP_ROOT (default /proc and
+# /sys/fs/cgroup) are for tests on fake trees.
+freeze() {
+  local proc=${PROC_ROOT:-/proc} root=${CGROUP_ROOT:-/sys/fs/cgroup} cg f want on off i
+  exec 3<>"$1"
+  if cg=$(sed -n 's/^[0-9]*:freezer:\(.*\)$/\1/p' "$proc/$2/cgroup" 2>/dev/null) && [ -n "$cg" ]; then
+    f=$root/freezer$cg/freezer.state want=FROZEN on=FROZEN off=THAWED
+  elif cg=$(sed -n 's/^0::\(.*\)$/\1/p' "$proc/$2/cgroup" 2>/dev/null) && [ -n "$cg" ]; then
+    f=$root$cg/cgroup.freeze want=1 on=1 off=0
+  else return 0; fi
+  [ -w "$f" ] && echo "$on" > "$f" 2>/dev/null || return 0
+  for ((i = 0; i < 2000; i++)); do
+    if [ "$want" = FROZEN ]; then [ "$(< "$f")" = FROZEN ] && return 0
+    else grep -qx 'frozen 1' "${f%/*}/cgroup.events" 2>/dev/null && return 0; fi
+    read -r -t 0.001 _ <&3 || :
+  done
+  echo "$off" > "$f"
+  return 0
+}
+
+# The perl that makes a pipe 1 MiB deep instead of 64 KiB (fewer switches between the
+# processes on its two ends): the one on stdin ("-"), or a FIFO, opened read-write and then
+# held open until the process is killed. Without perl a pipe keeps its default size.
+# shellcheck disable=SC2016  # perl code, not shell
+DEEPEN_PIPE='my $f = \*STDIN; if ($ARGV[0] ne "-") { open($f, "+<", $ARGV[0]) or die }
+             fcntl($f, 1031, 1 << 20) or die; if ($ARGV[0] ne "-") { sleep }'
+
+# deepen_stdin: the pipe on stdin 1 MiB deep.
+deepen_stdin() { perl -e "$DEEPEN_PIPE" - 2>/dev/null; }
+
+# hold_deep FIFO: FIFO 1 MiB deep, held open by this (background) process, which becomes
+# the perl process, until it is killed.
+hold_deep() { exec perl -e "$DEEPEN_PIPE" "$1" 2>/dev/null; }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# post-dump.sh: CRIU's action script of a held dump (held.sh writes HOLD/post-dump, which
+# runs this). Acts only for the dump of the process held.sh was given.
+# - pre-dump: freeze the container first (lib.sh's freeze), so CRIU finds it frozen.
+# - post-dump: the images are complete and the processes still frozen behind CRIU's
+#   network lock. Write the MANIFEST, put runc.conf back and free its lock (CRIU read it
+#   long before), say so (HOLD/dumped), make the address refuse connections instead of
+#   dropping them, and wait for the verdict (HOLD/verdict): "commit" lets CRIU kill the
+#   processes; anything else fails this step, and CRIU resumes them untouched.
+#
+#   post-dump.sh --hold DIR --lock DIR --conf FILE     (CRTOOLS_* from CRIU)
+# shellcheck source=lib.sh
+. "${BASH_SOURCE[0]%/*}/lib.sh"
+
+hold='' lock='' conf=''
+while [ $# -gt 0 ]; do
+  case $1 in
+    --hold) hold=$2; shift 2 ;;
+    --lock) lock=$2; shift 2 ;;
+    --conf) conf=$2; shift 2 ;;
+    *) die "post-dump.sh: unknown argument $1" ;;
+  esac
+done
+case ${CRTOOLS_SCRIPT_ACTION:-} in pre-dump|post-dump) ;; *) exit 0 ;; esac
+[ "${CRTOOLS_INIT_PID:-}" = "$(cat "$hold/pid")" ] || exit 0
+if [ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ]; then freeze "$hold/tick" "$CRTOOLS_INIT_PID"; exit 0; fi
+img=$(cat "$hold/img")
+chmod -R go-rwx "$img"; manifest "$img" > "$img/MANIFEST"
+# runc.conf back as it was, and its lock free, for the length of the hold (when criu-run.sh
+# of this dump still holds it)
+[ -z "${CRIU_RUN_PID:-}" ] || [ "$(lock_owner "$lock")" != "$CRIU_RUN_PID" ] || put_back "$lock" "$conf"
+: > "$hold/dumped"
+# Clients get a TCP reset here from now on, as if the source were gone, so they turn to the
+# target at once; CRIU's own unlock, on abort, flushes these with its chain.
+refuse "$CRTOOLS_INIT_PID"
+await_file "$hold/tick" 0 "$hold/verdict"
+[ "$(cat "$hold/verdict")" = commit ]

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# restore.sh: start a created container from the CRIU images in IMG through Docker
+# (`docker start --checkpoint`, so it stays a normal Docker container) without copying the
+# memory pages: Docker's checkpoint dir CPDIR gets the small image files and relative links
+# to the pages (CRIU reads them after entering the container's root, where an absolute link
+# would point inside the container).
+#
+#   restore.sh --img DIR --cpdir DIR --name CHECKPOINT --container ID [--verify]
+#              [--pages "FILE:SIZE ..."] [--action PATH] [--published "PORT ..."]
+#              [--wait SECONDS] [-- PORT...]
+#
+# --verify: IMG must match its MANIFEST; --pages: the pages files must have these sizes.
+# --action: CRIU's action script goes there (restore-action.sh, with the PUBLISHED host
+# ports guarded until the container's network is up). Returns once the container accepts
+# connections on each PORT (fails after --wait, default 30 s). What a restore leaves is
+# removed when this ends, whether it started the container or not.
+# shellcheck source=lib.sh
+. "${BASH_SOURCE[0]%/*}/lib.sh"
+
+img='' cpdir='' name='' ctr='' verify=0 pages='' action='' published='' wait=30
+while [ $# -gt 0 ]; do
+  case $1 in
+    --img) img=$2; shift 2 ;;
+    --cpdir) cpdir=$2; shift 2 ;;
+    --name) name=$2; shift 2 ;;
+    --container) ctr=$2; shift 2 ;;
+    --verify) verify=1; shift ;;
+    --pages) pages=$2; shift 2 ;;
+    --action) action=$2; shift 2 ;;
+    --published) published=$2; shift 2 ;;
+    --wait) wait=$2; shift 2 ;;
+    --) shift; break ;;
+    *) die "restore.sh: unknown argument $1" ;;
+  esac
+done
+need img "$img"; need cpdir "$cpdir"; need name "$name"; need container "$ctr"
+read -ra guarded <<< "$published"
+set -e
+[ "$verify" = 0 ] || verify_manifest "$img"
+check_pages "$img" "$pages"
+up=$(printf '../%.0s' $(seq 30))
+# Docker's checkpoint dir, containerd's copy of it in its /tmp (it has our links to the
+# pages), the action script and its guard (CRIU's action ends that as soon as it can).
+leftovers() {
+  rm -rf "$cpdir"
+  for l in /tmp/ctrd-checkpoint*/pages-*.img; do
+    [ -L "$l" ] && [ "$(readlink "$l")" = "$up${img#/}/${l##*/}" ] && rm -rf "${l%/*}"
+  done
+  [ -z "$action" ] || { guard -D "${guarded[@]}"; rm -f "$action"; rmdir "${action%/*}" 2>/dev/null || :; }
+  return 0
+}
+trap leftovers EXIT
+rm -rf "$cpdir"; mkdir -p "$cpdir"; chmod 0700 "$cpdir"
+for f in "$img"/pages-*.img; do [ ! -e "$f" ] || ln -s "$up${f#/}" "$cpdir/${f##*/}"; done
+find "$img" -maxdepth 1 -type f ! -name 'pages-*.img' ! -name MANIFEST -exec cp -p -t "$cpdir" {} +
+if [ -n "$action" ]; then
+  mkdir -p "${action%/*}"
+  printf '#!/bin/bash\nexec bash %q --published %q\n' "${BASH_SOURCE[0]%/*}/restore-action.sh" "$published" \
+    > "$action"
+  chmod 0700 "$action"
+  guard -I "${guarded[@]}"
+fi
+# prepare.sh's reserve: the restored process gets its memory. Freed while Docker sets up
+# the container (before CRIU allocates any), not before.
+rm -f "$img/../reserve" & freed=$!
+docker start --checkpoint "$name" "$ctr" >/dev/null
+wait "$freed" || :
+[ $# -gt 0 ] || exit 0
+read -r pid ip _ < <(docker inspect -f \
+  '{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$ctr")
+deadline=$((SECONDS + wait))
+for port; do
+  until accepts "$pid" "${ip:-}" "$port"; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "restored, but port $port does not answer after $wait s" >&2; exit 1; }
+    sleep 0.02
+  done
+done

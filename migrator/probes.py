@@ -1,0 +1,76 @@
+"""What a container on a host is doing, asked from the host: does it answer, where does
+Docker's runc keep it, how does its memory compress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import hostscripts
+from .container import Spec
+from .engine import Engine
+from .errors import CommandError, MigratorError
+from .transport import Host, wait_for
+
+
+def container_ip(info: dict[str, Any]) -> str | None:
+    nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    for endpoint in nets.values():
+        if endpoint.get("IPAddress"):
+            return str(endpoint["IPAddress"])
+    return None
+
+
+def _accepts(host: Host, info: dict[str, Any], port: int) -> bool:
+    """A TCP connect from the host to the container's own address (a leftover network lock
+    fails this); host- or none-networked containers are probed inside their namespace."""
+    argv = hostscripts.argv(host, "accepts.sh", "--pid", Spec(info).pid, "--ip", container_ip(info) or "",
+                            "--port", port)
+    try:
+        return host.run(argv, check=False, timeout=10).ok
+    except CommandError:
+        return False
+
+
+def open_ports(host: Host, engine: Engine, name: str) -> list[int]:
+    """The container's TCP ports that accept connections now: what must answer again."""
+    info = engine.inspect(name)
+    if not info or not info["State"].get("Running"):
+        return []
+    return [p for p in Spec(info).container_tcp_ports() if _accepts(host, info, p)]
+
+
+def answers(host: Host, engine: Engine, name: str, ports: list[int], timeout: float = 10.0) -> bool:
+    """The container runs and accepts connections on `ports` (those that did before)."""
+
+    def check() -> bool:
+        info = engine.inspect(name)
+        if not info or not info["State"].get("Running"):
+            return False
+        return all(_accepts(host, info, p) for p in ports)
+
+    return wait_for(check, timeout, 0.05)
+
+
+def runtime_root(host: Host, container_id: str) -> str:
+    """Docker's runc state directory for this container ('' when not found)."""
+    r = host.run(hostscripts.argv(host, "runtime.sh", "root", "--container", container_id), check=False)
+    return r.stdout.strip() if r.ok else ""
+
+
+def runtime_stopped(host: Host, container_id: str) -> bool:
+    """Without dockerd, ask runc itself: True when the container has no live process (or
+    after killing it); False when that cannot be made sure."""
+    try:
+        return host.run(hostscripts.argv(host, "runtime.sh", "stopped", "--container", container_id),
+                        check=False, timeout=120).ok
+    except MigratorError:
+        return False
+
+
+def memory_sample(host: Host, pid: int) -> tuple[int, int, float] | None:
+    """(raw bytes, compressed bytes, seconds) of a sample of the process's memory, or None."""
+    r = host.run(hostscripts.argv(host, "sample.sh", "--pid", pid), check=False)
+    parts = r.stdout.split()
+    if r.ok and len(parts) == 3 and all(p.isdigit() for p in parts) and int(parts[0]) > 0:
+        return int(parts[0]), int(parts[1]), int(parts[2]) / 1e6
+    return None

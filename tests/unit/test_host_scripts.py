@@ -1,0 +1,332 @@
+"""The host-side scripts' logic, run here on fake trees and files: no root, no lab.
+(The lab's integration tests run the same scripts for real.)"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shlex
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from migrator import hostscripts, shell
+from migrator.checkpoint import in_place
+
+HERE = Path(hostscripts.local_dir())
+DEAD_PID = "999999999"  # no such process: nsenter into it fails, /proc has nothing of it
+
+
+def script(name: str, *args: str | int, env: dict[str, str] | None = None, timeout: float = 30,
+           **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(HERE / name), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, **kw)  # type: ignore[call-overload]
+
+
+def lib(call: str, *args: str | int, env: dict[str, str] | None = None,
+        timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """One lib.sh function, called with args."""
+    return subprocess.run(["bash", "-c", f'. "$0"; {call} "$@"', str(HERE / "lib.sh"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+# --- manifest ---------------------------------------------------------------------------
+def test_manifest_verifies_and_catches_a_changed_or_missing_file(tmp_path: Path) -> None:
+    d = tmp_path / "img dir"
+    d.mkdir()
+    (d / "core-1.img").write_bytes(os.urandom(5000))
+    (d / "a name; $(x)").write_text("odd name")
+    assert script("manifest.sh", "--dir", d).returncode == 0
+    assert len((d / "MANIFEST").read_text().splitlines()) == 2
+    assert script("manifest.sh", "--dir", d, "--verify").returncode == 0
+
+    data = bytearray((d / "core-1.img").read_bytes())
+    data[100] ^= 1
+    (d / "core-1.img").write_bytes(bytes(data))
+    r = script("manifest.sh", "--dir", d, "--verify")
+    assert r.returncode == 1 and "does not match its checksums" in r.stderr
+
+    (d / "core-1.img").unlink()
+    assert script("manifest.sh", "--dir", d, "--verify").returncode == 1
+    (d / "MANIFEST").write_text("")  # an empty manifest proves nothing
+    assert script("manifest.sh", "--dir", d, "--verify").returncode == 1
+
+
+def test_pages_must_have_the_size_their_pagemap_says(tmp_path: Path) -> None:
+    (tmp_path / "pages-1.img").write_bytes(b"\0" * 8192)
+    (tmp_path / "pages-2.img").write_bytes(b"\0" * 4096)
+    assert lib("check_pages", tmp_path, "pages-1.img:8192 pages-2.img:4096").returncode == 0
+    r = lib("check_pages", tmp_path, "pages-1.img:16384")
+    assert r.returncode == 1 and "pages-1.img in" in r.stderr and "has 8192 bytes, its pagemap says 16384" in r.stderr
+    assert lib("check_pages", tmp_path, "pages-3.img:4096").returncode == 1  # missing: 0 bytes
+    assert lib("check_pages", tmp_path, "").returncode == 0
+
+
+# --- the runc.conf lock (criu-run.sh) ---------------------------------------------------
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_criu_run_adds_options_for_the_command_only(tmp_path: Path) -> None:
+    lock, conf = tmp_path / "locks" / "runc-conf", tmp_path / "criu" / "runc.conf"
+    r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--opt", "tcp-close", "--opt", "skip-in-flight",
+               "--", "bash", "-c", 'cat "$1"; cat "$2/owner"; echo " $CRIU_RUN_PID"', "_", conf, lock)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["tcp-close", "skip-in-flight"]
+    owner, run_pid = lines[2].split()
+    assert owner == run_pid
+    assert not conf.exists() and not lock.exists()  # it had no runc.conf: none again
+
+    conf.write_text("log-level 4\n")
+    conf.chmod(0o640)
+    r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--opt", "tcp-close", "--", "cat", conf)
+    assert r.stdout == "log-level 4\ntcp-close\n"
+    assert conf.read_text() == "log-level 4\n" and oct(conf.stat().st_mode & 0o777) == "0o640"
+    r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--opt", "tcp-close", "--", "false")
+    assert r.returncode == 1 and conf.read_text() == "log-level 4\n"  # the command's status, the file back
+
+
+def test_criu_run_takes_over_a_dead_holders_lock_after_putting_its_file_back(tmp_path: Path) -> None:
+    lock, conf = tmp_path / "runc-conf", tmp_path / "runc.conf"
+    lock.mkdir()
+    (lock / "owner").write_text(str(_dead_pid()))
+    (lock / "runc.conf.orig").write_text("mine\n")
+    conf.write_text("mine\nleft by the dead one\n")
+    r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--opt", "tcp-close", "--", "cat", conf)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "mine\ntcp-close\n"
+    assert conf.read_text() == "mine\n" and not lock.exists()
+
+
+def test_criu_run_waits_for_a_live_holder_then_says_who(tmp_path: Path) -> None:
+    lock, conf = tmp_path / "runc-conf", tmp_path / "runc.conf"
+    lock.mkdir()
+    (lock / "owner").write_text(str(os.getpid()))
+    t0 = time.monotonic()
+    r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--wait", 2, "--", "true")
+    assert r.returncode == 75 and f"is held by pid {os.getpid()}" in r.stderr
+    assert time.monotonic() - t0 >= 1  # bash counts whole seconds: 2 of them last at least 1
+    assert (lock / "owner").read_text() == str(os.getpid()) and not conf.exists()  # not touched
+
+
+def test_the_container_lock_is_taken_over_only_from_the_owner_named(tmp_path: Path) -> None:
+    d = tmp_path / "locks" / "abc"
+    assert script("lock.sh", "take", "--dir", d, "--owner", "one").returncode == 0
+    r = script("lock.sh", "take", "--dir", d, "--owner", "two")
+    assert r.returncode == 1 and r.stdout == "one"
+    assert script("lock.sh", "take", "--dir", d, "--owner", "two", "--from", "someone else").returncode == 1
+    assert script("lock.sh", "take", "--dir", d, "--owner", "two", "--from", "one").returncode == 0
+    assert (d / "owner").read_text() == "two"
+    assert script("lock.sh", "release", "--dir", d).returncode == 0 and not d.exists()
+
+
+# --- the held dump: held.sh, post-dump.sh, release.sh -------------------------------------
+# What CRIU does with a held dump's action script, on fake images: pre-dump, write the
+# images, post-dump (waits for the verdict); a failed post-dump resumes the processes.
+FAKE_DUMP = r"""
+hold=$1 img=$2 pid=$3
+CRTOOLS_SCRIPT_ACTION=pre-dump CRTOOLS_INIT_PID=$pid "$hold/post-dump" || exit 1
+[ "$4" = fail ] && { echo "Error (criu/cr-dump.c): boom" >&2; exit 7; }
+mkdir -p "$img"; echo core > "$img/core-1.img"
+CRTOOLS_SCRIPT_ACTION=post-dump CRTOOLS_INIT_PID=$pid "$hold/post-dump" || { echo resumed; exit 1; }
+echo killed
+"""
+
+
+def _held(tmp_path: Path, how: str = "ok") -> tuple[Path, Path, Path, Path, subprocess.CompletedProcess[str]]:
+    hold, img = tmp_path / "hold", tmp_path / "img"
+    lock, conf = tmp_path / "runc-conf", tmp_path / "runc.conf"
+    fake = tmp_path / "fake-criu"
+    fake.write_text(FAKE_DUMP)
+    dump = ["bash", str(HERE / "criu-run.sh"), "--lock", str(lock), "--conf", str(conf),
+            "--opt", f"action-script {hold}/post-dump", "--", "bash", str(fake), str(hold), str(img), DEAD_PID, how]
+    r = script("held.sh", "--hold", hold, "--pid", DEAD_PID, "--img", img, "--lock", lock, "--conf", conf,
+               "--", *dump)
+    return hold, img, lock, conf, r
+
+
+@pytest.mark.parametrize("verdict, status, said", [("commit", "0", "killed"), ("abort", "1", "resumed")])
+def test_a_held_dump_waits_for_its_verdict(tmp_path: Path, verdict: str, status: str, said: str) -> None:
+    hold, img, lock, conf, r = _held(tmp_path)
+    assert r.returncode == 0, r.stderr
+    # images complete: MANIFEST written, runc.conf put back and its lock free while it is held
+    assert (hold / "dumped").exists() and not (hold / "rc").exists()
+    assert (img / "MANIFEST").exists() and script("manifest.sh", "--dir", img, "--verify").returncode == 0
+    assert not conf.exists() and not lock.exists()
+    time.sleep(0.2)
+    assert not (hold / "rc").exists()  # still held
+    r = script("release.sh", "--hold", hold, "--verdict", verdict)
+    assert r.returncode == 0 and r.stdout.strip() == status
+    assert (hold / "out").read_text().strip() == said
+    r = script("release.sh", "--hold", hold, "--verdict", "commit")  # again: the same status
+    assert r.stdout.strip() == status
+
+
+def test_a_dump_that_fails_before_its_images_are_complete_says_why(tmp_path: Path) -> None:
+    hold, _, lock, conf, r = _held(tmp_path, "fail")
+    assert r.returncode == 7 and "boom" in r.stderr
+    assert not (hold / "dumped").exists()
+    assert not conf.exists() and not lock.exists()  # criu-run put it back when the dump ended
+
+
+def test_release_without_a_held_dump_says_nothing(tmp_path: Path) -> None:
+    r = script("release.sh", "--hold", tmp_path / "none", "--verdict", "abort")
+    assert r.returncode == 0 and r.stdout == ""
+
+
+def test_post_dump_acts_only_for_the_process_it_was_made_for(tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "pid").write_text("123\n")
+    for action, pid in (("post-dump", "456"), ("post-restore", "123"), ("", "123")):
+        r = script("post-dump.sh", "--hold", hold, "--lock", tmp_path / "l", "--conf", tmp_path / "c",
+                   env={"CRTOOLS_SCRIPT_ACTION": action, "CRTOOLS_INIT_PID": pid}, timeout=5)
+        assert r.returncode == 0 and not (hold / "dumped").exists()
+
+
+# --- the freeze helper on fake cgroup trees ------------------------------------------------
+def _freeze(tmp_path: Path, cgroup_line: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    proc = tmp_path / "proc" / "42"
+    proc.mkdir(parents=True)
+    (proc / "cgroup").write_text(f"{cgroup_line}\n3:cpu,cpuacct:/other\n")
+    tick = tmp_path / "tick"
+    os.mkfifo(tick)
+    t0 = time.monotonic()
+    r = lib("freeze", tick, 42, env={"PROC_ROOT": str(tmp_path / "proc"), "CGROUP_ROOT": str(tmp_path / "cg")})
+    return time.monotonic() - t0, r
+
+
+def test_freeze_v1_writes_the_freezer_state(tmp_path: Path) -> None:
+    state = tmp_path / "cg" / "freezer" / "docker" / "abc" / "freezer.state"
+    state.parent.mkdir(parents=True)
+    state.write_text("THAWED\n")
+    took, r = _freeze(tmp_path, "12:freezer:/docker/abc")
+    assert r.returncode == 0 and state.read_text() == "FROZEN\n" and took < 1.5
+
+
+def test_freeze_v2_writes_cgroup_freeze_and_waits_for_the_event(tmp_path: Path) -> None:
+    group = tmp_path / "cg" / "docker" / "abc"
+    group.mkdir(parents=True)
+    (group / "cgroup.freeze").write_text("0\n")
+    (group / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    took, r = _freeze(tmp_path, "0::/docker/abc")
+    assert r.returncode == 0 and (group / "cgroup.freeze").read_text() == "1\n" and took < 1.5
+
+
+def test_freeze_v2_that_never_freezes_is_thawed_back(tmp_path: Path) -> None:
+    group = tmp_path / "cg" / "docker" / "abc"
+    group.mkdir(parents=True)
+    (group / "cgroup.freeze").write_text("0\n")
+    (group / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    took, r = _freeze(tmp_path, "0::/docker/abc")
+    assert r.returncode == 0 and (group / "cgroup.freeze").read_text() == "0\n" and took >= 2
+
+
+def test_freeze_without_a_freezer_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "cg").mkdir()
+    took, r = _freeze(tmp_path, "4:memory:/docker/abc")
+    assert r.returncode == 0 and list((tmp_path / "cg").iterdir()) == [] and took < 1.5
+
+
+# --- transfer.sh, with `bash -c` standing in for ssh to the target ----------------------------
+def _transfer(*args: str | int) -> subprocess.CompletedProcess[str]:
+    return script("transfer.sh", "--ssh", "bash -c", "--zstd", shell.join(shell.ZSTD),
+                  "--unzstd", shell.join(shell.UNZSTD), *args)
+
+
+def test_transfer_jobs_arrive_compressed_or_raw(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(300_000))
+    out = tmp_path / "out"
+    r = _transfer("--job", "j0", "--producer", shell.join(["cat", src / "a"]),
+                  "--remote", f"{shell.join(shell.UNZSTD)} | cat > {shlex.quote(str(out))}.z",
+                  "--job", "j1", "--producer", shell.join(["cat", src / "a"]),
+                  "--remote", f"cat > {shlex.quote(str(out))}.raw", "--raw")
+    assert r.returncode == 0, r.stderr
+    assert Path(f"{out}.z").read_bytes() == Path(f"{out}.raw").read_bytes() == (src / "a").read_bytes()
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^J(\w+) (\d+) bytes", r.stderr, re.M)}
+    assert counts["j1"] == 300_000 and 0 < counts["j0"]
+    r = _transfer("--job", "j0", "--producer", "false", "--remote", "cat > /dev/null", "--raw")
+    assert r.returncode == 1  # a failing producer fails the transfer
+
+
+FAKE_PAGES_DUMP = r"""
+img=$1
+head -c 3000000 /dev/urandom > "$img/pages-2.img.tmp"; mv "$img/pages-2.img.tmp" "$img/pages-2.img"
+cat "$2" > "$img/pages-1.img"   # CRIU writing the first process's pages into the pipe
+printf 'pm' > "$img/pagemap-1.img"; echo core > "$img/core-1.img"
+[ "$3" = fail ] && exit 9
+exit 0
+"""
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_transfer_follows_a_dump_streaming_its_pages(tmp_path: Path, raw: bool) -> None:
+    src_img, dst_img = tmp_path / "src" / "img", tmp_path / "dst" / "img"
+    dst_img.mkdir(parents=True)
+    (dst_img / "pages-1.img").write_bytes(b"\0" * 5_000_000)  # set aside, larger than what comes
+    pages = tmp_path / "pages"
+    pages.write_bytes(os.urandom(2_000_000))
+    fake = tmp_path / "fake-dump"
+    fake.write_text(FAKE_PAGES_DUMP)
+    small = ["--job", "small", "--producer", shell.join([*shell.TAR, "-C", src_img, "--exclude=pages-*.img",
+                                                         "-cf", "-", "."]),
+             "--remote", shell.join(shell.pipeline(*([] if raw else [shell.UNZSTD]),
+                                                   [*shell.TAR, "-C", dst_img, "-xpf", "-"])),
+             *(["--raw"] if raw else [])]
+    r = _transfer(*small, "--follow-img", src_img, "--follow-dst", dst_img,
+                  "--pages-writer", in_place(str(dst_img / "pages-1.img"), "p1" if raw else ""),
+                  *(["--raw-pages"] if raw else []), "--dumped", "DUMPED", "--pagemap", "PM ",
+                  "--", "bash", fake, src_img, pages)
+    assert r.returncode == 0, r.stderr
+    assert (dst_img / "pages-1.img").read_bytes() == pages.read_bytes()  # overwritten in place, cut
+    assert (dst_img / "pages-2.img").read_bytes() == (src_img / "pages-2.img").read_bytes()
+    assert (dst_img / "core-1.img").read_text() == "core\n"
+    lines = r.stderr.splitlines()
+    assert "DUMPED" in lines and "PM cG0=" in lines and lines.index("PM cG0=") < lines.index("DUMPED")
+    assert not (src_img / "pages-1.img").is_file()  # a pipe: never written on the source
+
+
+def test_transfer_of_a_failed_dump_stops_with_its_status(tmp_path: Path) -> None:
+    src_img, dst_img = tmp_path / "src" / "img", tmp_path / "dst" / "img"
+    dst_img.mkdir(parents=True)
+    pages = tmp_path / "pages"
+    pages.write_bytes(os.urandom(100_000))
+    fake = tmp_path / "fake-dump"
+    fake.write_text(FAKE_PAGES_DUMP)
+    r = _transfer("--job", "small", "--producer", "echo never", "--remote", f"cat > {dst_img}/never", "--raw",
+                  "--follow-img", src_img, "--follow-dst", dst_img,
+                  "--pages-writer", in_place(str(dst_img / "pages-1.img")), "--dumped", "DUMPED",
+                  "--pagemap", "PM ", "--", "bash", fake, src_img, pages, "fail")
+    assert r.returncode == 9 and "DUMPED" not in r.stderr
+    assert not (dst_img / "never").exists()
+
+
+# --- installing them on a host ----------------------------------------------------------------
+def test_the_bundle_is_every_script_and_its_version_their_content() -> None:
+    version, tar = hostscripts.bundle()
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        names = sorted(t.getnames())
+    assert names == sorted(p.name for p in HERE.glob("*.sh")) and "lib.sh" in names
+    assert len(version) == 16 and hostscripts.bundle() == (version, tar)
+
+
+def test_install_puts_them_in_place_once(tmp_path: Path) -> None:
+    from migrator.hostscripts import _INSTALL
+
+    _, tar = hostscripts.bundle()
+    where = tmp_path / "scripts" / "v1"
+    for _ in range(2):  # the second finds it complete
+        r = subprocess.run(["bash", "-c", _INSTALL, "install", str(where)], input=tar, capture_output=True)
+        assert r.returncode == 0, r.stderr
+    assert (where / ".complete").exists() and (where / "lib.sh").read_bytes() == (HERE / "lib.sh").read_bytes()
+    assert oct(where.stat().st_mode & 0o777) == "0o700"
+    assert [p.name for p in where.parent.iterdir()] == ["v1"]  # no temporaries left
