@@ -70,9 +70,9 @@ def api_client(host: Host) -> docker.APIClient:
     api._custom_adapter = adapter
     try:
         server = api.version(api_version=False)["ApiVersion"]
-    except Exception as e:  # noqa: BLE001
+    except Exception as ex:  # noqa: BLE001
         raise DockerError(
-            f"{host.name}: cannot reach the Docker daemon over SSH: {_explain(e)}",
+            f"{host.name}: cannot reach the Docker daemon over SSH: {_explain(ex)}",
             hint="is dockerd running there, and is `docker` on the SSH user's PATH?",
         ) from None
     ours = docker.constants.DEFAULT_DOCKER_API_VERSION
@@ -84,10 +84,10 @@ def _v(s: str) -> tuple[int, ...]:
     return tuple(int(x) for x in s.split("."))
 
 
-def _explain(e: BaseException) -> str:
-    if isinstance(e, docker.errors.APIError):
-        return str(e.explanation or e)
-    return str(e) or type(e).__name__
+def _explain(error: BaseException) -> str:
+    if isinstance(error, docker.errors.APIError):
+        return str(error.explanation or error)
+    return str(error) or type(error).__name__
 
 
 _RAISE = object()
@@ -115,14 +115,14 @@ class Engine:
                 # The SSH connection may have died under us (sshd restarted): reconnect once.
                 self.host.reset()
                 return fn(self.api)
-        except docker.errors.NotFound as e:
+        except docker.errors.NotFound as ex:
             if missing is _RAISE:
-                raise DockerError(f"{self.host.name}: {what}: {_explain(e)}") from None
+                raise DockerError(f"{self.host.name}: {what}: {_explain(ex)}") from None
             return missing
-        except docker.errors.APIError as e:
-            raise DockerError(f"{self.host.name}: {what}: {_explain(e)}") from None
-        except (requests.exceptions.RequestException, OSError, EOFError) as e:
-            raise DockerError(f"{self.host.name}: {what}: Docker daemon unreachable ({e})",
+        except docker.errors.APIError as ex:
+            raise DockerError(f"{self.host.name}: {what}: {_explain(ex)}") from None
+        except (requests.exceptions.RequestException, OSError, EOFError) as ex:
+            raise DockerError(f"{self.host.name}: {what}: Docker daemon unreachable ({ex})",
                               hint=f"is dockerd running on {self.host.name}?") from None
 
     def info(self) -> dict[str, Any]:

@@ -91,18 +91,18 @@ def _candidate(inv: Inventory, name: str) -> Candidate:
     c = Candidate(name, dict(spec.labels), False)
     try:
         with Host(spec) as h:
-            eng = Engine(h)
-            info = eng.info()
+            engine = Engine(h)
+            info = engine.info()
             mark = hosts.cordoned(h)
             if mark is not None:
                 c.why = "cordoned"
                 return c
             c.mem_available = mem_info(h).get("MemAvailable", 0)
             c.disk_free = free_bytes(h, info.get("DockerRootDir", "/var/lib/docker"))
-            c.ports = set(hosts.taken_ports(h, eng))
+            c.ports = set(hosts.taken_ports(h, engine))
             c.usable = True
-    except MigratorError as e:
-        c.why = f"unreachable: {e.message}"
+    except MigratorError as ex:
+        c.why = f"unreachable: {ex.message}"
     return c
 
 
@@ -118,16 +118,16 @@ def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
     sel_key, _, sel_val = (select or "").partition("=")
     moves: list[tuple[Move, Spec]] = []
     with Host(inv.host(source)) as h:
-        eng = Engine(h)
-        for ct in eng.containers():
-            info = eng.inspect(ct["Id"])
+        engine = Engine(h)
+        for ct in engine.containers():
+            info = engine.inspect(ct["Id"])
             if info is None:
                 continue
             spec = Spec(info)
             labels = info["Config"].get("Labels") or {}
             if select and labels.get(sel_key) != sel_val:
                 continue
-            mem = int((eng.stats(spec.id).get("memory_stats") or {}).get("usage") or 0)
+            mem = int((engine.stats(spec.id).get("memory_stats") or {}).get("usage") or 0)
             m = Move(spec.name, source, None, memory=mem)
             if str(labels.get(PIN_LABEL, "")).lower() == "true":
                 m.pinned, m.outcome, m.reason = True, "stays", f"pinned ({PIN_LABEL}=true)"
@@ -138,8 +138,8 @@ def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
         labels = spec.inspect["Config"].get("Labels") or {}
         try:
             rules = parse_constraints(labels.get(CONSTRAINT_LABEL, ""))
-        except MigratorError as e:
-            m.reason = f"label {CONSTRAINT_LABEL}: {e}"
+        except MigratorError as ex:
+            m.reason = f"label {CONSTRAINT_LABEL}: {ex}"
             continue
         ports = {(p, proto) for _ip, p, proto in spec.published_ports()}
         why: dict[str, str] = {}
@@ -177,12 +177,12 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
         assert m.target
         try:
             mig = Migration(inv, m.container, m.source, m.target,
-                            events=(lambda ev: events(m.container, ev)) if events else None)
+                            events=(lambda evacuation: events(m.container, evacuation)) if events else None)
             m.report = mig.run().to_dict()
             m.outcome = "migrated"
-        except MigratorError as e:
-            m.error = str(e)
-            rep = e.report
+        except MigratorError as ex:
+            m.error = str(ex)
+            rep = ex.report
             m.report = rep.to_dict() if rep is not None and hasattr(rep, "to_dict") else None
             m.outcome = (m.report or {}).get("status") or "failed"
         return m
@@ -244,10 +244,10 @@ def evacuate(inv: Inventory, host: str, *, parallel: int = 4, dry_run: bool = Fa
     has a replicated checkpoint (`persist --replicate-to`) from its newest replica."""
     spec = inv.host(host)
     status = hosts.probe(spec, timeout=5)
-    ev = Evacuation(host, status.reachable)
+    evacuation = Evacuation(host, status.reachable)
     if status.reachable:
-        ev.plan = drain(inv, host, parallel=parallel, dry_run=dry_run, events=events, reason="evacuate")
-        return ev
+        evacuation.plan = drain(inv, host, parallel=parallel, dry_run=dry_run, events=events, reason="evacuate")
+        return evacuation
     newest: dict[str, tuple[store.Stored, str]] = {}
     for name in inv.hosts:
         if name == host:
@@ -270,11 +270,11 @@ def evacuate(inv: Inventory, host: str, *, parallel: int = 4, dry_run: bool = Fa
                 with Host(inv.host(where)) as h:
                     store.restore(h, container, s.name)
                 entry["outcome"] = "restored"
-            except MigratorError as e:
+            except MigratorError as ex:
                 entry["outcome"] = "failed"
-                ev.lost.append({"container": container, "why": str(e)})
-        ev.restored.append(entry)
-    ev.notes.append(f"{host} is unreachable: containers of {host} without a replicated checkpoint "
+                evacuation.lost.append({"container": container, "why": str(ex)})
+        evacuation.restored.append(entry)
+    evacuation.notes.append(f"{host} is unreachable: containers of {host} without a replicated checkpoint "
                     "(`migrator persist --replicate-to`) are not known elsewhere and cannot be recovered; "
                     f"if {host} comes back, stop its copies of the restored containers before it serves")
-    return ev
+    return evacuation

@@ -79,20 +79,20 @@ def criu_version(host: Host) -> str | None:
 
 
 def probe(spec: HostSpec, timeout: float = 10.0) -> HostStatus:
-    st = HostStatus(spec.name, spec.address, False, labels=dict(spec.labels))
+    status = HostStatus(spec.name, spec.address, False, labels=dict(spec.labels))
     try:
         with Host(spec, connect_timeout=timeout) as h:
-            eng = Engine(h)
-            v = eng.version()
-            st.docker_version = v.get("Version")
-            st.experimental = bool(v.get("Experimental", False))
-            st.criu_version = criu_version(h)
-            st.containers_running = sorted(c["Names"][0].lstrip("/") for c in eng.containers())
-            st.cordoned = cordoned(h) is not None
-            st.reachable = True
-    except MigratorError as e:
-        st.error = str(e)
-    return st
+            engine = Engine(h)
+            v = engine.version()
+            status.docker_version = v.get("Version")
+            status.experimental = bool(v.get("Experimental", False))
+            status.criu_version = criu_version(h)
+            status.containers_running = sorted(c["Names"][0].lstrip("/") for c in engine.containers())
+            status.cordoned = cordoned(h) is not None
+            status.reachable = True
+    except MigratorError as ex:
+        status.error = str(ex)
+    return status
 
 
 def probe_all(specs: list[HostSpec], timeout: float = 10.0) -> list[HostStatus]:

@@ -135,10 +135,10 @@ class _Loader:
             ) from None
         try:
             root = yaml.compose(text)
-        except yaml.YAMLError as e:
-            line = getattr(getattr(e, "problem_mark", None), "line", None)
+        except yaml.YAMLError as ex:
+            line = getattr(getattr(ex, "problem_mark", None), "line", None)
             where = f"{self.path}:{line + 1}" if line is not None else str(self.path)
-            raise InventoryError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+            raise InventoryError(f"{where}: not valid YAML: {getattr(ex, 'problem', ex)}") from None
         if root is None:
             raise InventoryError(f"{self.path}: empty inventory", hint="it needs a 'hosts:' mapping")
         top = {k: (kn, v) for k, kn, v in self.mapping(root, "inventory")}

@@ -1,6 +1,7 @@
-"""Automatic persistence, the seed article's `run_with_checkpoints`: while a container runs,
-checkpoint it every interval (leaving it running), keep the newest N, optionally copy each
-to a second host. Transient SSH/docker errors are retried with backoff and reported."""
+"""Rolling checkpoints: while a container runs, checkpoint it every interval (leaving it
+running), keep the newest N, optionally copy each to a second host, so that its state
+survives a stop or a crash. Transient SSH/docker errors are retried with backoff and
+reported."""
 
 from __future__ import annotations
 

@@ -89,8 +89,8 @@ def load(path: Path, extra_vars: dict[str, str] | None = None) -> Playbook:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise PlaybookError(f"playbook {path} not found") from None
-    except yaml.YAMLError as e:
-        raise PlaybookError(f"{path}: not valid YAML: {e}") from None
+    except yaml.YAMLError as ex:
+        raise PlaybookError(f"{path}: not valid YAML: {ex}") from None
     if not isinstance(doc, dict):
         raise PlaybookError(f"{path}: a playbook is a mapping with 'hosts' and 'steps'")
     unknown = set(doc) - {"name", "hosts", "serial", "vars", "steps"}
@@ -195,11 +195,11 @@ class Play:
                         detail = self._do(step.action, host, params, dry_run, rep)
                         rep.results.append(StepResult(step.index, step.name, host, True, detail,
                                                       round(time.monotonic() - t0, 2)))
-                    except MigratorError as e:
-                        rep.results.append(StepResult(step.index, step.name, host, False, str(e),
+                    except MigratorError as ex:
+                        rep.results.append(StepResult(step.index, step.name, host, False, str(ex),
                                                       round(time.monotonic() - t0, 2)))
                         remaining = [h for b in self.batches()[bi:] for h in b]
-                        rep.error = (f"{step.label()} failed on {host}: {e}. Fix it, then resume with: "
+                        rep.error = (f"{step.label()} failed on {host}: {ex}. Fix it, then resume with: "
                                      f"migrator play {self.pb.path} --limit {','.join(remaining)} "
                                      f"--start-at {step.index}")
                         err = PlaybookError(rep.error)

@@ -74,8 +74,8 @@ def create(host: Host, container: str, name: str | None = None, *, leave_running
     more than `keep` complete ones."""
     container = validate_name(container)
     name = validate_cp_name(name or new_name())
-    eng = Engine(host)
-    info = eng.inspect(container)
+    engine = Engine(host)
+    info = engine.inspect(container)
     if info is None:
         raise CheckpointError(f"{host.name}: no container {container!r}")
     spec = Spec(info)
@@ -214,20 +214,20 @@ def restore(host: Host, container: str, name: str = "latest", from_host: Host | 
     """Bring `container` back on `host` from a stored checkpoint (its own, or one on
     `from_host`, copied here first). A stopped or dead container of that name is replaced."""
     container = validate_name(container)
-    eng = Engine(host)
+    engine = Engine(host)
     if from_host is not None:
         stored = replicate(from_host, host, find(from_host, container, name))
     else:
         stored = find(host, container, name)
-    existing = eng.inspect(container)
+    existing = engine.inspect(container)
     if existing is not None and existing["State"].get("Running"):
         raise CheckpointError(f"{host.name}: {container} is running; restoring would make two",
                               hint=f"stop it first, or `migrator clone {container}` for a copy")
-    if not eng.image_exists(stored.image_id):
+    if not engine.image_exists(stored.image_id):
         raise CheckpointError(f"{host.name}: image {stored.image} ({stored.image_id[:19]}) is missing",
                               hint="load it there (docker save | docker load), then restore again")
     spec = Spec(json.loads(host.get(f"{stored.path}/config.json")))
     if existing is not None:
-        eng.remove_container(existing["Id"])
+        engine.remove_container(existing["Id"])
     start_from(host, stored.path, container, spec.create_body())
     return stored

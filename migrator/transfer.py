@@ -110,7 +110,7 @@ class Link:
         for name, job in jobs:
             remote = self._remote([*([shell.UNZSTD] if job.compress else []), *job.consumer], job.then)
             argv += ["--job", name, "--producer", " | ".join(shell.join(c) for c in job.producer),
-                     "--remote", remote, *([] if job.compress else ["--raw"])]
+                     "--remote", remote, "--compress", int(job.compress)]
         return argv + list(follow)
 
     def _run_transfer(self, argv: list[str | int], progress: Progress | None,
@@ -285,7 +285,7 @@ def open_link(src: Host, dst: Host, operation: str, workdir: str, *, relay_only:
     if r is not None and r.ok:
         link.direct = True
     else:
-        why = r.stderr.strip()[-200:] if r is not None else "timed out"
+        why = tail(r.stderr, 2, 200) if r is not None else "timed out"
         log.info("%s cannot reach %s directly (%s); relaying through the controller", src.name, dst.name, why)
         remove_key(dst, operation)
         src.run(["rm", "-f", link._key_path, link._known_hosts], check=False)

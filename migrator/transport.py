@@ -20,7 +20,7 @@ from typing import Any
 import paramiko
 
 from . import shell
-from .errors import CommandError, ConnectionError_, HostKeyError
+from .errors import CommandError, ConnectionError_, HostKeyError, tail
 from .inventory import HostSpec
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,8 @@ class CommandResult:
 
     def check(self) -> CommandResult:
         if self.rc != 0:
-            detail = (self.stderr.strip() or self.stdout.strip()).splitlines()[-3:]
             raise CommandError(
-                f"{self.host}: `{self.command}` exited {self.rc}: {' '.join(detail) or 'no output'}",
+                f"{self.host}: `{self.command}` exited {self.rc}: {tail(self.stderr.strip() or self.stdout, 3, 1000)}",
                 self,
             )
         return self
@@ -119,19 +118,19 @@ class Host:
                 f"{where}: authentication failed with key {s.identity_file}",
                 hint="is the public key in the host's authorized_keys for that user?",
             ) from None
-        except paramiko.SSHException as e:
-            if "not found in known_hosts" in str(e):
+        except paramiko.SSHException as ex:
+            if "not found in known_hosts" in str(ex):
                 raise HostKeyError(
                     f"{where}: host key unknown (not in {s.known_hosts}); refusing to connect",
                     hint=f"add it after checking its fingerprint: ssh-keyscan -p {s.port} "
                     f"{s.address} >> {s.known_hosts}",
                 ) from None
-            raise ConnectionError_(f"{where}: SSH failed: {e}") from None
+            raise ConnectionError_(f"{where}: SSH failed: {ex}") from None
         except FileNotFoundError:
             raise ConnectionError_(f"{where}: identity file {s.identity_file} not found") from None
-        except (TimeoutError, OSError) as e:
+        except (TimeoutError, OSError) as ex:
             raise ConnectionError_(
-                f"{where}: unreachable: {e.strerror or e}",
+                f"{where}: unreachable: {ex.strerror or ex}",
                 hint="is the host up and sshd listening? (`migrator hosts` checks them all)",
             ) from None
         t = c.get_transport()

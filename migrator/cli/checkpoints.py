@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..controller import atomic_write
 from ..errors import MigratorError
 from .base import AsJson, OnHost, app, checkpoint_app, host_of, load_inventory, state
 from .render import err, fail, human, note, out, print_json, stamp
@@ -97,7 +98,7 @@ def persist_cmd(
                 sys.stdout.write(unit)
             if install_systemd:
                 path = Path("/etc/systemd/system") / persist.unit_name(container, on)
-                path.write_text(unit)
+                atomic_write(path, unit, 0o644)
                 out.print(f"wrote {path}; enable it: systemctl daemon-reload && "
                           f"systemctl enable --now {path.name}")
             return

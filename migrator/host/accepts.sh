@@ -8,13 +8,6 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 pid='' ip='' port=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --pid) pid=$2; shift 2 ;;
-    --ip) ip=$2; shift 2 ;;
-    --port) port=$2; shift 2 ;;
-    *) die "accepts.sh: unknown argument $1" ;;
-  esac
-done
+parse pid ip port -- "$@"
 need pid "$pid"; need port "$port"
 accepts "$pid" "$ip" "$port"

@@ -13,17 +13,9 @@
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-lock='' conf='' wait=120 opts=()
-while [ $# -gt 0 ]; do
-  case $1 in
-    --lock) lock=$2; shift 2 ;;
-    --conf) conf=$2; shift 2 ;;
-    --wait) wait=$2; shift 2 ;;
-    --opt) opts+=("$2"); shift 2 ;;
-    --) shift; break ;;
-    *) die "criu-run.sh: unknown argument $1" ;;
-  esac
-done
+lock='' conf='' wait=120 opt=()
+parse lock conf wait opt+ -- "$@"
+set -- "${REST[@]}"
 need lock "$lock"; need conf "$conf"
 
 deadline=$((SECONDS + wait))
@@ -38,6 +30,6 @@ trap '[ "$(lock_owner "$lock")" != $$ ] || put_back "$lock" "$conf"' EXIT
 trap 'exit 129' HUP INT TERM
 if [ -e "$conf" ]; then cp -p "$conf" "$lock/runc.conf.orig"; else : > "$lock/runc.conf.absent"; fi
 mkdir -p "$(dirname "$conf")"
-{ [ ! -e "$lock/runc.conf.orig" ] || cat "$lock/runc.conf.orig"; printf '%s\n' "${opts[@]}"; } > "$conf.new"
+{ [ ! -e "$lock/runc.conf.orig" ] || cat "$lock/runc.conf.orig"; printf '%s\n' "${opt[@]}"; } > "$conf.new"
 mv "$conf.new" "$conf"
 "$@"

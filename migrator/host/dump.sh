@@ -10,29 +10,20 @@
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-root='' img='' work='' leave=0 ctr=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --root) root=$2; shift 2 ;;
-    --img) img=$2; shift 2 ;;
-    --work) work=$2; shift 2 ;;
-    --container) ctr=$2; shift 2 ;;
-    --leave-running) leave=1; shift ;;
-    *) die "dump.sh: unknown argument $1" ;;
-  esac
-done
-need img "$img"; need work "$work"; need container "$ctr"
+root='' img='' work='' container='' leave_running=0
+parse root img work container leave-running! -- "$@"
+need img "$img"; need work "$work"; need container "$container"
 set -e
 umask 077; mkdir -p "$img" "$work"
 if [ -n "$root" ]; then
   args=(--root "$root" checkpoint --image-path "$img" --work-path "$work")
-  [ "$leave" = 0 ] || args+=(--leave-running)
-  runc "${args[@]}" "$ctr" || { tail -5 "$work/dump.log" >&2 2>/dev/null; exit 1; }
+  [ "$leave_running" = 0 ] || args+=(--leave-running)
+  runc "${args[@]}" "$container" || { tail -5 "$work/dump.log" >&2 2>/dev/null; exit 1; }
 else
   rmdir "$img"
   args=(--checkpoint-dir "$(dirname "$img")")
-  [ "$leave" = 0 ] || args+=(--leave-running)
-  docker checkpoint create "${args[@]}" "$ctr" "$(basename "$img")" >/dev/null
+  [ "$leave_running" = 0 ] || args+=(--leave-running)
+  docker checkpoint create "${args[@]}" "$container" "$(basename "$img")" >/dev/null
 fi
 [ -e "$img/MANIFEST" ] && exit 0
 chmod -R go-rwx "$img"

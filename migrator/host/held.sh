@@ -14,17 +14,8 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 hold='' pid='' img='' lock='' conf=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --hold) hold=$2; shift 2 ;;
-    --pid) pid=$2; shift 2 ;;
-    --img) img=$2; shift 2 ;;
-    --lock) lock=$2; shift 2 ;;
-    --conf) conf=$2; shift 2 ;;
-    --) shift; break ;;
-    *) die "held.sh: unknown argument $1" ;;
-  esac
-done
+parse hold pid img lock conf -- "$@"
+set -- "${REST[@]}"
 need hold "$hold"; need pid "$pid"; need img "$img"; need lock "$lock"; need conf "$conf"
 [ $# -gt 0 ] || die "held.sh: no dump command after --"
 

@@ -8,13 +8,7 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 file='' job=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --file) file=$2; shift 2 ;;
-    --job) job=$2; shift 2 ;;
-    *) die "in-place.sh: unknown argument $1" ;;
-  esac
-done
+parse file job -- "$@"
 need file "$file"
 umask 077
 deepen_stdin

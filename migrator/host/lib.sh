@@ -8,6 +8,38 @@ die() { printf '%s\n' "$*" >&2; exit 1; }
 # need NAME VALUE: fail unless an argument was given.
 need() { [ -n "$2" ] || die "${0##*/}: --$1 is required"; }
 
+# parse SPEC... -- ARGS...: the scripts' named arguments. Each SPEC names an option: NAME
+# takes a value (--NAME VALUE), NAME! is a flag (set to 1), NAME+ may repeat (appended to
+# the array NAME). Values land in variables of those names, dashes as underscores, which
+# the script sets to their defaults first. What follows a "--" in ARGS is left in the
+# array REST. Anything else is an error.
+parse() {
+  # Its own variables are prefixed: an option may be called --name or --spec.
+  local _p_spec=() _p_s _p_opt _p_arg _p_found
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do _p_spec+=("$1"); shift; done
+  shift
+  REST=()
+  while [ $# -gt 0 ]; do
+    _p_arg=$1; shift
+    [ "$_p_arg" != -- ] || { REST=("$@"); return 0; }
+    _p_found=0
+    for _p_s in "${_p_spec[@]}"; do
+      _p_opt=${_p_s%[+!]}
+      [ "$_p_arg" = "--$_p_opt" ] || continue
+      _p_found=1
+      case ${_p_s#"$_p_opt"} in
+        '!') printf -v "${_p_opt//-/_}" 1 ;;
+        *) [ $# -gt 0 ] || die "${0##*/}: --$_p_opt needs a value"
+           if [ "${_p_s#"$_p_opt"}" = + ]; then eval "${_p_opt//-/_}+=(\"\$1\")"
+           else printf -v "${_p_opt//-/_}" '%s' "$1"; fi
+           shift ;;
+      esac
+      break
+    done
+    [ "$_p_found" = 1 ] || die "${0##*/}: unknown argument $_p_arg"
+  done
+}
+
 # lock_take DIR OWNER: take the lock DIR (mkdir is atomic: whoever makes it holds it) and
 # name its owner in DIR/owner. Fails when someone holds it.
 lock_take() {

@@ -11,20 +11,13 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 what=${1:-}; shift || :
-dir='' owner='' from='' from_set=0
-while [ $# -gt 0 ]; do
-  case $1 in
-    --dir) dir=$2; shift 2 ;;
-    --owner) owner=$2; shift 2 ;;
-    --from) from=$2; from_set=1; shift 2 ;;
-    *) die "lock.sh: unknown argument $1" ;;
-  esac
-done
+dir='' owner='' from=''
+parse dir owner from -- "$@"
 need dir "$dir"
 case $what in
   take)
     need owner "$owner"
-    if [ "$from_set" = 1 ] && [ "$(lock_owner "$dir")" = "$from" ]; then rm -rf "$dir"; fi
+    if [ -n "$from" ] && [ "$(lock_owner "$dir")" = "$from" ]; then rm -rf "$dir"; fi
     lock_take "$dir" "$owner" && exit 0
     lock_owner "$dir"; exit 1 ;;
   release) rm -rf "$dir" ;;

@@ -8,12 +8,6 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 dir='' verify=0
-while [ $# -gt 0 ]; do
-  case $1 in
-    --dir) dir=$2; shift 2 ;;
-    --verify) verify=1; shift ;;
-    *) die "manifest.sh: unknown argument $1" ;;
-  esac
-done
+parse dir verify! -- "$@"
 need dir "$dir"
 if [ "$verify" = 1 ]; then verify_manifest "$dir"; else manifest "$dir" > "$dir/MANIFEST"; fi

@@ -7,16 +7,10 @@
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-ssh_words='' mib=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --ssh) ssh_words=$2; shift 2 ;;
-    --mib) mib=$2; shift 2 ;;
-    *) die "measure-link.sh: unknown argument $1" ;;
-  esac
-done
-need ssh "$ssh_words"; need mib "$mib"
-eval "SSH=($ssh_words)"
+ssh='' mib=''
+parse ssh mib -- "$@"
+need ssh "$ssh"; need mib "$mib"
+eval "SSH=($ssh)"
 s=$(date +%s%N); "${SSH[@]}" true || exit 1; m=$(date +%s%N)
 dd if=/dev/zero bs=1M count="$mib" status=none | "${SSH[@]}" 'cat > /dev/null' || exit 1
 e=$(date +%s%N)

@@ -13,14 +13,7 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 hold='' lock='' conf=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --hold) hold=$2; shift 2 ;;
-    --lock) lock=$2; shift 2 ;;
-    --conf) conf=$2; shift 2 ;;
-    *) die "post-dump.sh: unknown argument $1" ;;
-  esac
-done
+parse hold lock conf -- "$@"
 case ${CRTOOLS_SCRIPT_ACTION:-} in pre-dump|post-dump) ;; *) exit 0 ;; esac
 [ "${CRTOOLS_INIT_PID:-}" = "$(cat "$hold/pid")" ] || exit 0
 if [ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ]; then freeze "$hold/tick" "$CRTOOLS_INIT_PID"; exit 0; fi

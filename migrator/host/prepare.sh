@@ -12,13 +12,7 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 img='' mib=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --img) img=$2; shift 2 ;;
-    --mib) mib=$2; shift 2 ;;
-    *) die "prepare.sh: unknown argument $1" ;;
-  esac
-done
+parse img mib -- "$@"
 need img "$img"; need mib "$mib"
 umask 077
 avail=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)

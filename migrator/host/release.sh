@@ -8,13 +8,7 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 hold='' verdict=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --hold) hold=$2; shift 2 ;;
-    --verdict) verdict=$2; shift 2 ;;
-    *) die "release.sh: unknown argument $1" ;;
-  esac
-done
+parse hold verdict -- "$@"
 need hold "$hold"; need verdict "$verdict"
 [ -d "$hold" ] || exit 0
 [ -e "$hold/rc" ] || { printf '%s\n' "$verdict" > "$hold/verdict.new"; mv "$hold/verdict.new" "$hold/verdict"; }

@@ -11,12 +11,7 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 published=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --published) published=$2; shift 2 ;;
-    *) die "restore-action.sh: unknown argument $1" ;;
-  esac
-done
+parse published -- "$@"
 [ -n "${CRTOOLS_INIT_PID:-}" ] || exit 0
 case ${CRTOOLS_SCRIPT_ACTION:-} in
   post-setup-namespaces) refuse "$CRTOOLS_INIT_PID" ;;

@@ -17,23 +17,10 @@
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-img='' cpdir='' name='' ctr='' verify=0 pages='' action='' published='' wait=30
-while [ $# -gt 0 ]; do
-  case $1 in
-    --img) img=$2; shift 2 ;;
-    --cpdir) cpdir=$2; shift 2 ;;
-    --name) name=$2; shift 2 ;;
-    --container) ctr=$2; shift 2 ;;
-    --verify) verify=1; shift ;;
-    --pages) pages=$2; shift 2 ;;
-    --action) action=$2; shift 2 ;;
-    --published) published=$2; shift 2 ;;
-    --wait) wait=$2; shift 2 ;;
-    --) shift; break ;;
-    *) die "restore.sh: unknown argument $1" ;;
-  esac
-done
-need img "$img"; need cpdir "$cpdir"; need name "$name"; need container "$ctr"
+img='' cpdir='' name='' container='' verify=0 pages='' action='' published='' wait=30
+parse img cpdir name container verify! pages action published wait -- "$@"
+set -- "${REST[@]}"
+need img "$img"; need cpdir "$cpdir"; need name "$name"; need container "$container"
 read -ra guarded <<< "$published"
 set -e
 [ "$verify" = 0 ] || verify_manifest "$img"
@@ -63,11 +50,11 @@ fi
 # prepare.sh's reserve: the restored process gets its memory. Freed while Docker sets up
 # the container (before CRIU allocates any), not before.
 rm -f "$img/../reserve" & freed=$!
-docker start --checkpoint "$name" "$ctr" >/dev/null
+docker start --checkpoint "$name" "$container" >/dev/null
 wait "$freed" || :
 [ $# -gt 0 ] || exit 0
 read -r pid ip _ < <(docker inspect -f \
-  '{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$ctr")
+  '{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$container")
 deadline=$((SECONDS + wait))
 for port; do
   until accepts "$pid" "${ip:-}" "$port"; do

@@ -12,30 +12,25 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 what=${1:-}; shift || :
-ctr=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --container) ctr=$2; shift 2 ;;
-    *) die "runtime.sh: unknown argument $1" ;;
-  esac
-done
-need container "$ctr"
+container=''
+parse container -- "$@"
+need container "$container"
 case $what in
   root)
     for r in /run/docker/runtime-*/moby /var/run/docker/runtime-*/moby; do
-      [ -d "$r/$ctr" ] && { echo "$r"; exit 0; }
+      [ -d "$r/$container" ] && { echo "$r"; exit 0; }
     done
     exit 1 ;;
   stopped)
-    for _ in $(seq 120); do pgrep -f -- "[r]unc .*restore .*$ctr" >/dev/null || break; sleep 0.5; done
-    pgrep -f -- "[r]unc .*restore .*$ctr" >/dev/null && exit 2
+    for _ in $(seq 120); do pgrep -f -- "[r]unc .*restore .*$container" >/dev/null || break; sleep 0.5; done
+    pgrep -f -- "[r]unc .*restore .*$container" >/dev/null && exit 2
     st=1
     for root in /run/docker/runtime-*/moby; do
       [ -d "$root" ] || continue
-      if runc --root "$root" state "$ctr" >/dev/null 2>&1; then
-        runc --root "$root" kill "$ctr" KILL 2>/dev/null
+      if runc --root "$root" state "$container" >/dev/null 2>&1; then
+        runc --root "$root" kill "$container" KILL 2>/dev/null
         sleep 0.5
-        runc --root "$root" delete --force "$ctr" >/dev/null 2>&1 || st=2
+        runc --root "$root" delete --force "$container" >/dev/null 2>&1 || st=2
       fi
     done
     [ "$st" = 1 ] ;;

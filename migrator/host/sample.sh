@@ -8,12 +8,7 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 pid=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --pid) pid=$2; shift 2 ;;
-    *) die "sample.sh: unknown argument $1" ;;
-  esac
-done
+parse pid -- "$@"
 need pid "$pid"
 best=0 start=0
 while read -r range perms _ _ _ path; do

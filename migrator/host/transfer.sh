@@ -4,14 +4,14 @@
 # progress goes to stderr as "JNAME N bytes" lines.
 #
 #   transfer.sh --ssh WORDS --zstd WORDS --unzstd COMMAND
-#               [--job NAME --producer COMMAND --remote COMMAND [--raw]]...
+#               [--job NAME --producer COMMAND --remote COMMAND --compress 0|1]...
 #               [--follow-img DIR --follow-dst DIR --pages-writer COMMAND [--raw-pages]
 #                --dumped TEXT --pagemap TEXT -- DUMP...]
 #
 # --ssh: the ssh command to the target; --zstd: the compressor here; --unzstd: the
 # decompressor, as a command line for remote commands (words quoted for bash).
-# Each --job runs COMMAND here and its output, compressed unless --raw, into --remote run on
-# the target (which decompresses it itself).
+# Each --job runs its --producer here and its output, compressed with --compress 1, into
+# its --remote run on the target (which decompresses it itself).
 # With --follow-img, DUMP runs first (it returns when the images are complete). The first
 # process's pages (all of a one-process container's) go from CRIU into SSH through a named
 # pipe: never written here, and read by ssh itself; --pages-writer writes them on the target.
@@ -21,29 +21,17 @@
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-ssh_words='' zstd_words='' UNZSTD='' img='' dst='' pages_writer='' z=1 dumped='' pagemap=''
-names=() producers=() remotes=() raws=()
-while [ $# -gt 0 ]; do
-  case $1 in
-    --ssh) ssh_words=$2; shift 2 ;;
-    --zstd) zstd_words=$2; shift 2 ;;
-    --unzstd) UNZSTD=$2; shift 2 ;;
-    --job) names+=("$2"); producers+=(''); remotes+=(''); raws+=(0); shift 2 ;;
-    --producer) producers[${#names[@]} - 1]=$2; shift 2 ;;
-    --remote) remotes[${#names[@]} - 1]=$2; shift 2 ;;
-    --raw) raws[${#names[@]} - 1]=1; shift ;;
-    --follow-img) img=$2; shift 2 ;;
-    --follow-dst) dst=$2; shift 2 ;;
-    --pages-writer) pages_writer=$2; shift 2 ;;
-    --raw-pages) z=0; shift ;;
-    --dumped) dumped=$2; shift 2 ;;
-    --pagemap) pagemap=$2; shift 2 ;;
-    --) shift; break ;;
-    *) die "transfer.sh: unknown argument $1" ;;
-  esac
-done
-need ssh "$ssh_words"; need zstd "$zstd_words"; need unzstd "$UNZSTD"
-eval "SSH=($ssh_words)"; eval "ZSTD=($zstd_words)"
+ssh='' zstd='' unzstd='' follow_img='' follow_dst='' pages_writer='' raw_pages=0 dumped='' pagemap=''
+job=() producer=() remote=() compress=()
+parse ssh zstd unzstd job+ producer+ remote+ compress+ follow-img follow-dst pages-writer raw-pages! dumped pagemap \
+  -- "$@"
+set -- "${REST[@]}"
+need ssh "$ssh"; need zstd "$zstd"; need unzstd "$unzstd"
+if [ ${#producer[@]} != ${#job[@]} ] || [ ${#remote[@]} != ${#job[@]} ] || [ ${#compress[@]} != ${#job[@]} ]; then
+  die "transfer.sh: each --job needs its --producer, --remote and --compress"
+fi
+SSH=() ZSTD=()
+eval "SSH=($ssh)"; eval "ZSTD=($zstd)"; UNZSTD=$unzstd img=$follow_img dst=$follow_dst z=$((1 - raw_pages))
 
 # send NAME Z REMOTE: stdin, through the compressor if Z is 1, to REMOTE on the target.
 send() {
@@ -78,12 +66,12 @@ if [ -n "$img" ]; then
       b=${f##*/}
       [[ -e $f && $b =~ ^pages-[0-9]+\.img$ && -z ${seen[$b]:-} ]] || continue
       seen[$b]=1; n=$((n + 1))
-      remote="umask 077; cat > $(printf %q "$dst/$b")"
-      [ "$z" = 1 ] && remote="$UNZSTD | { $remote; }"
+      to_target="umask 077; cat > $(printf %q "$dst/$b")"
+      [ "$z" = 1 ] && to_target="$UNZSTD | { $to_target; }"
       if [ $alive = 1 ]; then
-        ( set -o pipefail; tail -c +1 -s 0.02 -f --pid="$dump" "$f" | send "p$n" "$z" "$remote" ) & pids+=($!)
+        ( set -o pipefail; tail -c +1 -s 0.02 -f --pid="$dump" "$f" | send "p$n" "$z" "$to_target" ) & pids+=($!)
       else
-        ( set -o pipefail; send "p$n" "$z" "$remote" < "$f" ) & pids+=($!)
+        ( set -o pipefail; send "p$n" "$z" "$to_target" < "$f" ) & pids+=($!)
       fi
     done
     [ $alive = 1 ] || break
@@ -96,8 +84,8 @@ if [ -n "$img" ]; then
   for f in "$img"/pagemap-*.img; do [ ! -e "$f" ] || echo "$pagemap$(base64 -w0 "$f")" >&2; done
   echo "$dumped" >&2
 fi
-for i in "${!names[@]}"; do
+for i in "${!job[@]}"; do
   # shellcheck disable=SC2294  # the producer is a command line, quoted by the controller
-  ( set -o pipefail; eval "${producers[i]}" | send "${names[i]}" $((1 - raws[i])) "${remotes[i]}" ) & pids+=($!)
+  ( set -o pipefail; eval "${producer[i]}" | send "${job[i]}" "${compress[i]}" "${remote[i]}" ) & pids+=($!)
 done
 wait_all

@@ -8,12 +8,7 @@
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
 pid=''
-while [ $# -gt 0 ]; do
-  case $1 in
-    --pid) pid=$2; shift 2 ;;
-    *) die "unlock-network.sh: unknown argument $1" ;;
-  esac
-done
+parse pid -- "$@"
 need pid "$pid"
 found=1
 for t in iptables ip6tables; do

@@ -34,6 +34,23 @@ def lib(call: str, *args: str | int, env: dict[str, str] | None = None,
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+# --- the scripts' argument parser -------------------------------------------------------------
+PARSE = ('a='' b_c='' f=0 r=() name=''; parse a b-c f! r+ name -- "$@"; '
+         'printf "a=%s b_c=%s f=%s r=%s name=%s rest=%s\\n" "$a" "$b_c" "$f" "${r[*]}" "$name" "${REST[*]}"')
+
+
+def test_parse_sets_values_flags_repeats_and_keeps_the_rest() -> None:
+    r = subprocess.run(["bash", "-c", f'. "$0"; {PARSE}', str(HERE / "lib.sh"), "--a", "x y", "--f", "--r", "1",
+                        "--b-c", "$(z)", "--r", "2", "--name", "n", "--", "--a", "rest"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "a=x y b_c=$(z) f=1 r=1 2 name=n rest=--a rest\n"
+    for bad, why in ((["--nope"], "unknown argument --nope"), (["--a"], "--a needs a value")):
+        r = subprocess.run(["bash", "-c", f'. "$0"; {PARSE}', str(HERE / "lib.sh"), *bad], capture_output=True,
+                           text=True)
+        assert r.returncode == 1 and why in r.stderr
+
+
 # --- manifest ---------------------------------------------------------------------------
 def test_manifest_verifies_and_catches_a_changed_or_missing_file(tmp_path: Path) -> None:
     d = tmp_path / "img dir"
@@ -247,15 +264,19 @@ def test_transfer_jobs_arrive_compressed_or_raw(tmp_path: Path) -> None:
     (src / "a").write_bytes(os.urandom(300_000))
     out = tmp_path / "out"
     r = _transfer("--job", "j0", "--producer", shell.join(["cat", src / "a"]),
-                  "--remote", f"{shell.join(shell.UNZSTD)} | cat > {shlex.quote(str(out))}.z",
+                  "--remote", f"{shell.join(shell.UNZSTD)} | cat > {shlex.quote(str(out))}.z", "--compress", 1,
                   "--job", "j1", "--producer", shell.join(["cat", src / "a"]),
-                  "--remote", f"cat > {shlex.quote(str(out))}.raw", "--raw")
+                  "--remote", f"cat > {shlex.quote(str(out))}.raw", "--compress", 0)
     assert r.returncode == 0, r.stderr
     assert Path(f"{out}.z").read_bytes() == Path(f"{out}.raw").read_bytes() == (src / "a").read_bytes()
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^J(\w+) (\d+) bytes", r.stderr, re.M)}
     assert counts["j1"] == 300_000 and 0 < counts["j0"]
-    r = _transfer("--job", "j0", "--producer", "false", "--remote", "cat > /dev/null", "--raw")
+    r = _transfer("--job", "j0", "--producer", "false", "--remote", "cat > /dev/null", "--compress", 0)
     assert r.returncode == 1  # a failing producer fails the transfer
+    r = _transfer("--job", "j0", "--producer", "true", "--compress", 0)
+    assert r.returncode == 1 and "each --job needs" in r.stderr
+    r = _transfer("--job", "j0", "--bogus", "x")
+    assert r.returncode == 1 and "unknown argument --bogus" in r.stderr
 
 
 FAKE_PAGES_DUMP = r"""
@@ -281,7 +302,7 @@ def test_transfer_follows_a_dump_streaming_its_pages(tmp_path: Path, raw: bool) 
                                                          "-cf", "-", "."]),
              "--remote", shell.join(shell.pipeline(*([] if raw else [shell.UNZSTD]),
                                                    [*shell.TAR, "-C", dst_img, "-xpf", "-"])),
-             *(["--raw"] if raw else [])]
+             "--compress", 0 if raw else 1]
     r = _transfer(*small, "--follow-img", src_img, "--follow-dst", dst_img,
                   "--pages-writer", in_place(str(dst_img / "pages-1.img"), "p1" if raw else ""),
                   *(["--raw-pages"] if raw else []), "--dumped", "DUMPED", "--pagemap", "PM ",
@@ -302,7 +323,7 @@ def test_transfer_of_a_failed_dump_stops_with_its_status(tmp_path: Path) -> None
     pages.write_bytes(os.urandom(100_000))
     fake = tmp_path / "fake-dump"
     fake.write_text(FAKE_PAGES_DUMP)
-    r = _transfer("--job", "small", "--producer", "echo never", "--remote", f"cat > {dst_img}/never", "--raw",
+    r = _transfer("--job", "small", "--producer", "echo never", "--remote", f"cat > {dst_img}/never", "--compress", 0,
                   "--follow-img", src_img, "--follow-dst", dst_img,
                   "--pages-writer", in_place(str(dst_img / "pages-1.img")), "--dumped", "DUMPED",
                   "--pagemap", "PM ", "--", "bash", fake, src_img, pages, "fail")
