@@ -260,6 +260,8 @@ def floor(h: Host) -> dict[str, Any]:
 
 
 def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) -> dict[str, Any]:
+    cross = "cross" in methods
+    methods = [m for m in methods if m != "cross"]
     lab = Lab()
     lab.up(3, ROOT / "inventory" / "lab.yaml")
     inv = load(ROOT / "inventory" / "lab.yaml")
@@ -267,7 +269,7 @@ def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) ->
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": os.uname().nodename,
                                "cpus": os.cpu_count(), "runs": []}
     try:
-        for mib in sizes:
+        for mib in sizes if methods else []:
             for h in (a, b):
                 h.run(["docker", "rm", "-f", NAME], check=False)
             if any(m != "podman" for m in methods):
@@ -316,8 +318,55 @@ def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) ->
             podman_teardown([a, b])
     a.close()
     b.close()
+    if cross:
+        cross_version(results, repeat)
     write(results, out_dir)
     return results
+
+
+CROSS_MIB = 256
+CROSS_LAB = {"root": Path("/var/lib/migrator-blab"), "bridge": "mgbench0", "subnet": "10.207.0", "prefix": "blab"}
+
+
+def cross_version(results: dict[str, Any], repeat: int) -> None:
+    """The same Redis moved between two Docker 20.10 hosts and from 20.10 to 26, in the same
+    rounds, on a lab of its own (blab1, blab2: 20.10; blab3: 26): what moving across engine
+    versions costs, as a ratio of the same-version move."""
+    lab = Lab(progress=None, **CROSS_LAB)  # type: ignore[arg-type]
+    inventory = ROOT / "inventory" / "blab.yaml"
+    try:
+        lab.up(3, inventory, engines={"blab3": "26"})
+        inv = load(inventory)
+        hosts = {n: Host(inv.host(n)) for n in ("blab1", "blab2", "blab3")}
+        for _ in range(repeat):
+            for h in hosts.values():
+                h.run(["docker", "rm", "-f", NAME], check=False)
+            start_redis(hosts["blab1"], CROSS_MIB)
+            for method, src, dst in (("20.10->20.10", "blab1", "blab2"), ("20.10->26", "blab2", "blab3")):
+                subprocess.run(["sync"], check=True)
+                print(f"[{CROSS_MIB} MiB] {method} {src} -> {dst}", flush=True)
+                with Probe([hosts[src].spec.address, hosts[dst].spec.address]) as probe:
+                    res = migrator_flow(inv, src, dst)
+                res["downtime_s"] = probe.downtime()
+                ok = redis.Redis(hosts[dst].spec.address, PORT).dbsize() >= CROSS_MIB * 1024 * 1024 // VALUE
+                results["runs"].append({"size_mib": CROSS_MIB, "method": method, "data_ok": ok, **res})
+                print(f"    downtime {res['downtime_s']:.2f} s, total {res['total_s']:.2f} s, data ok: {ok}",
+                      flush=True)
+        for h in hosts.values():
+            h.run(["docker", "rm", "-f", NAME], check=False)
+            h.close()
+    finally:
+        lab.down()
+
+
+def cross_line(results: dict[str, Any]) -> str:
+    by = {(r["size_mib"], r["method"]): r for r in summary(results)}
+    same, cross = by.get((CROSS_MIB, "20.10->20.10")), by.get((CROSS_MIB, "20.10->26"))
+    if not (same and cross and same["downtime_s"]):
+        return ""
+    return (f"\nAcross engine versions ({CROSS_MIB} MiB, same rounds): 20.10 -> 26 downtime "
+            f"{cross['downtime_s']:.2f} s against {same['downtime_s']:.2f} s for 20.10 -> 20.10: "
+            f"{cross['downtime_s'] / same['downtime_s']:.2f}x (target <= 1.2x).\n")
 
 
 def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -382,7 +431,7 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
                                        f"run(s) per method and size)\n\n" + table(results)
                                        + "\nmigrator's phases inside the downtime (median time; median share of the "
                                        "machine's CPUs busy meanwhile, both lab hosts sharing them):\n\n"
-                                       + phase_table(results))
+                                       + phase_table(results) + cross_line(results))
     try:
         import matplotlib
 
@@ -414,7 +463,8 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="64,256,1024", help="MiB of Redis data, comma-separated")
-    ap.add_argument("--methods", default="seed,migrator,floor,podman")
+    ap.add_argument("--methods", default="seed,migrator,floor,podman,cross",
+                    help="cross: the same-version and the cross-version move, on a lab of its own")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--repeat", type=int, default=3, help="rounds of every method per size; the median is reported")
     args = ap.parse_args()

@@ -14,7 +14,7 @@ from .engine import Engine
 from .errors import MigratorError
 from .hosts import port_user
 from .images import make_workdir, manifest, remove_workdir
-from .probes import runtime_root
+from .probes import runtime_root, upper_dir
 from .transfer import Link, open_link, ship_image
 from .transport import Host
 
@@ -85,8 +85,9 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
     try:
         src.run(["mkdir", "-m", "0700", payload])
         checkpoint.dump(src, spec.id, f"{payload}/criu", root=runtime_root(src, spec.id), leave_running=True)
-        if spec.upper_dir:
-            checkpoint.pack_fs(src, spec.upper_dir, f"{payload}/fs.tar.zst")
+        upper = upper_dir(src, spec.inspect)
+        if upper:
+            checkpoint.pack_fs(src, upper, f"{payload}/fs.tar.zst")
         manifest(src, payload)
         where = payload
         if not same_host:

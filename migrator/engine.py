@@ -65,6 +65,8 @@ def api_client(host: Host) -> docker.APIClient:
     host.client  # noqa: B018 - SSH errors (host key, auth, unreachable) surface as themselves
     api = docker.APIClient(base_url="tcp://127.0.0.1:9", version=MIN_API, timeout=600)
     adapter = _HostAdapter(host)
+    # docker-py has no public way to give an APIClient another transport: these three lines
+    # are what its own SSH client does with it (docker/api/client.py).
     api.mount("http+docker://ssh", adapter)
     api.base_url = "http+docker://ssh"
     api._custom_adapter = adapter

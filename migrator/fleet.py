@@ -154,7 +154,7 @@ def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
             elif c.disk_free < m.memory * DISK_MARGIN:
                 why[c.name] = "not enough disk"
             elif ports & c.ports:
-                why[c.name] = "port " + ", ".join(f"{p}/{pr}" for p, pr in sorted(ports & c.ports)) + " taken"
+                why[c.name] = "port " + ", ".join(f"{p}/{proto}" for p, proto in sorted(ports & c.ports)) + " taken"
             else:
                 fits.append(c)
         if not fits:

@@ -21,6 +21,8 @@ class HostStatus:
     address: str
     reachable: bool
     docker_version: str | None = None
+    api_version: str | None = None
+    storage: str | None = None  # overlay2, containerd snapshotter, or another driver's name
     experimental: bool | None = None
     criu_version: str | None = None
     containers_running: list[str] = field(default_factory=list)
@@ -30,6 +32,25 @@ class HostStatus:
 
 
 CORDON_FILE = "/var/lib/migrator/cordon"
+
+
+SNAPSHOTTER = "containerd snapshotter"
+
+
+def storage(info: dict[str, Any]) -> str:
+    """How a daemon stores images and containers (from `docker info`): "overlay2", the
+    containerd image store ("containerd snapshotter", whose snapshotter is overlayfs by
+    default), or another graph driver's name."""
+    status = dict(tuple(x) for x in info.get("DriverStatus") or [] if len(x) == 2)
+    if str(status.get("driver-type", "")).startswith("io.containerd.snapshotter"):
+        return SNAPSHOTTER
+    return str(info.get("Driver") or "unknown")
+
+
+def engine_major(version: str | None) -> int:
+    """The major number of a Docker engine version ("28.5.2+dfsg4" -> 28; 0 if unknown)."""
+    head = (version or "").split(".")[0]
+    return int(head) if head.isdigit() else 0
 
 
 def cordoned(host: Host) -> dict[str, Any] | None:
@@ -85,6 +106,8 @@ def probe(spec: HostSpec, timeout: float = 10.0) -> HostStatus:
             engine = Engine(h)
             v = engine.version()
             status.docker_version = v.get("Version")
+            status.api_version = v.get("ApiVersion")
+            status.storage = storage(engine.info())
             status.experimental = bool(v.get("Experimental", False))
             status.criu_version = criu_version(h)
             status.containers_running = sorted(c["Names"][0].lstrip("/") for c in engine.containers())

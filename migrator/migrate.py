@@ -25,9 +25,9 @@ from .errors import LockedError, MigrationFailed, MigratorError, PreflightError,
 from .images import image_dir, make_workdir
 from .inventory import Inventory
 from .locks import criu_result, owner, take_lock
-from .probes import answers, memory_sample, open_ports, runtime_root
+from .probes import answers, memory_sample, open_ports, runtime_root, upper_dir
 from .rollback import Sides
-from .transfer import Link, open_link, ship_image, tar_job, worth_compressing
+from .transfer import Link, image_there, open_link, ship_image, tar_job, worth_compressing
 from .transport import Host
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class Migration:
             self.emit(Event("info", "presync", f"transfer {self.report.transfer}, pages "
                             + ("compressed" if self.compress else "not compressed (they do not shrink, or the "
                                "link outruns the compressor)")))
-            if not target_engine.image_exists(spec.image_id):
+            if not image_there(source_engine, target_engine, spec.image_id, spec.image_ref):
                 self.record(kind="image", id=spec.image_id)
                 phase.bytes += ship_image(link, source_engine, target_engine, spec.image_id, spec.image_ref,
                                           self._progress("presync"))
@@ -234,7 +234,11 @@ class Migration:
             self.dst.run(["mkdir", "-p", "-m", "0700", self.entry.dst_img])
             if link.direct and checkpoint.prepare_memory(self.dst, self.entry.dst_img, self.memory):
                 self.emit(Event("info", "presync", f"{self.dst.name}: memory for the restore set aside"))
-            self.dst_upper = Spec(target_engine.inspect(self.entry.target_id) or {}).upper_dir
+            self.src_upper = upper_dir(self.src, spec.inspect)
+            self.dst_upper = upper_dir(self.dst, target_engine.inspect(self.entry.target_id) or {"Id": ""})
+            if self.src_upper and not self.dst_upper:  # never a move without its files
+                raise MigratorError(f"{self.dst.name}: cannot find the writable layer of the container made there "
+                                    f"for {spec.name}", hint=f"`docker inspect {spec.name}` there shows its driver")
             target_engine.docker_root  # noqa: B018 - asked now, not in the freeze window
             # Docker must not restart the frozen source on its own (two copies): its restart
             # policy is "no" until it is removed, or put back on rollback.
@@ -251,7 +255,7 @@ class Migration:
         volumes' deltas, then the restore."""
         assert self.link is not None and self.entry is not None
         entry, link = self.entry, self.link
-        fs = [(spec.upper_dir, self.dst_upper)] if spec.upper_dir and self.dst_upper else []
+        fs = [(self.src_upper, self.dst_upper)] if self.src_upper and self.dst_upper else []
         what = f"checkpoint of {spec.name}"
         pages: dict[str, int] = {}  # streamed pages files (direct links): their sizes
         hold = (self.migration_id, spec.pid)

@@ -32,10 +32,12 @@ from .inventory import Inventory
 from .migrate import Migration
 from .transport import Host, wait_for
 
-ACTIONS = {"cordon", "uncordon", "drain", "run", "reboot", "wait_for_ssh", "migrate", "checkpoint", "confirm"}
+ACTIONS = {"cordon", "uncordon", "drain", "run", "reboot", "wait_for_ssh", "migrate", "checkpoint", "confirm",
+           "move_back"}
 PARAMS: dict[str, set[str]] = {
     "cordon": {"reason"}, "uncordon": set(), "drain": {"to", "select", "parallel"},
-    "run": {"command", "timeout"}, "reboot": {"command"}, "wait_for_ssh": {"timeout"},
+    "run": {"command", "timeout"}, "reboot": {"command", "engine"}, "wait_for_ssh": {"timeout"},
+    "move_back": {"parallel"},
     "migrate": {"container", "to"}, "checkpoint": {"container", "keep"}, "confirm": {"message"},
 }
 VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -158,7 +160,7 @@ def _host_list(v: Any) -> list[str] | None:
 class Play:
     def __init__(self, inv: Inventory, pb: Playbook, *, limit: list[str] | None = None,
                  say: Say | None = None, confirm: Callable[[str], bool] | None = None,
-                 reboot_lab: Callable[[str], None] | None = None) -> None:
+                 reboot_lab: Callable[[str, str | None], None] | None = None) -> None:
         self.inv, self.pb = inv, pb
         self.hosts = [h.name for h in inv.resolve(pb.hosts)]
         if limit:
@@ -207,6 +209,19 @@ class Play:
                         raise err from None
         return rep
 
+    def _move_back(self, host: str, rep: PlayReport, parallel: int) -> str:
+        """The containers this play's drain of `host` moved away go back to it."""
+        moved = [(m["container"], m["target"]) for plan in rep.plans if plan["source"] == host
+                 for m in plan["moves"] if m["outcome"] == "migrated" and m["target"]]
+        if not moved:
+            return "nothing to move back"
+        back = fleet.Plan(host, [fleet.Move(container, target, host) for container, target in moved], [])
+        fleet.execute(self.inv, back, parallel)
+        failed = [f"{m.container}: {m.error}" for m in back.moves if m.outcome != "migrated"]
+        if failed:
+            raise PlaybookError(f"moving back to {host} failed: {'; '.join(failed)}")
+        return ", ".join(f"{c}<-{t}" for c, t in moved)
+
     def _do(self, action: str, host: str, p: dict[str, Any], dry_run: bool, rep: PlayReport) -> str:
         spec = self.inv.host(host)
         if action == "drain":
@@ -237,8 +252,14 @@ class Play:
         if action == "reboot" and spec.labels.get("reboot") == "lab" and "command" not in p:
             if self.reboot_lab is None:
                 raise PlaybookError(f"{host} is a lab host; reboot it with `migrator lab restart {host}`")
-            self.reboot_lab(host)
-            return "lab host restarted (dockerd and sshd)"
+            engine = str(p["engine"]) if p.get("engine") else None
+            self.reboot_lab(host, engine)
+            return f"lab host restarted with Docker {engine}" if engine else "lab host restarted (dockerd and sshd)"
+        if action == "reboot" and p.get("engine"):
+            raise PlaybookError(f"{host}: reboot's engine is for lab hosts; upgrade a real host's Docker with a "
+                                "`run` step before the reboot")
+        if action == "move_back":
+            return self._move_back(host, rep, int(p.get("parallel", 1)))
         with Host(spec) as h:
             if action == "cordon":
                 hosts.cordon(h, p.get("reason", "playbook"))

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import hosts
 from .container import Spec
 from .engine import Engine
 from .errors import MigratorError, tail
+from .probes import upper_dir
+from .transfer import same_image
 from .transport import Host
 
 CRIU_MIN = (4, 2)
+STORES = ("overlay2", hosts.SNAPSHOTTER)
+# Docker 28 and newer start a restored container's network from its task's pid, which is 0
+# until the restore has run: every container with a network namespace of its own fails
+# ("bind-mount /proc/0/ns/net"); moby daemon/start_linux.go, containerd issue 12141.
+RESTORE_NETNS_BROKEN_FROM = 28
 TOOLS = ["bash", "tar", "zstd", "b2sum", "nsenter", "timeout", "ss"]
 SOURCE_TOOLS = ["ssh", "rsync"]
 TARGET_TOOLS = ["rsync"]
@@ -46,6 +54,19 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split(".")[:2] if x.isdigit())
 
 
+def restore_refusal(info: dict[str, Any], spec: Spec) -> str | None:
+    """Why the daemon of `docker info` `info` cannot restore this container, or None."""
+    version = str(info.get("ServerVersion") or "")
+    mode = spec.network_mode
+    own_netns = not (mode == "host" or mode.startswith("container:") or spec.inspect["Config"].get("NetworkDisabled"))
+    if hosts.engine_major(version) >= RESTORE_NETNS_BROKEN_FROM and own_netns:
+        return (f"Docker {version} cannot restore a container with a network namespace of its own (network "
+                f"{mode}): it sets up the network from the restored task's pid, which is 0 until the restore "
+                "runs (moby daemon/start_linux.go; containerd issue 12141, unfixed); pick a target with Docker "
+                "20.10-27, or run the container with --network host")
+    return None
+
+
 def check_host(checks: Preflight, host: Host, engine: Engine, tools: list[str]) -> dict | None:
     """The checks one host needs whatever its role; returns docker info when reachable."""
     n = host.name
@@ -57,8 +78,10 @@ def check_host(checks: Preflight, host: Host, engine: Engine, tools: list[str]) 
         return None
     checks.add(n, "docker experimental", bool(version.get("Experimental")),
            'checkpoints need `"experimental": true` in /etc/docker/daemon.json; restart dockerd')
-    checks.add(n, "storage driver", info.get("Driver") == "overlay2",
-           f"is {info.get('Driver')}; migrator moves the container's overlay2 diff")
+    store = hosts.storage(info)
+    checks.add(n, "storage", store in STORES,
+               f"is {store}; migrator moves a container's writable layer on overlay2 or the containerd "
+               "image store (overlayfs snapshotter) only")
     criu = hosts.criu_version(host)
     if checks.add(n, "criu", criu is not None and _version_tuple(criu) >= CRIU_MIN,
               f"found {criu or 'none'}; install CRIU >= {'.'.join(map(str, CRIU_MIN))} (Debian 12's 3.17 fails "
@@ -84,6 +107,8 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
     mark = hosts.cordoned(dst)
     checks.add(t, "not cordoned", mark is None,
            f"cordoned ({(mark or {}).get('reason') or 'no reason given'}); `migrator uncordon {t}` first")
+    refusal = restore_refusal(target_info, spec)
+    checks.add(t, "restore on this engine", refusal is None, refusal or "")
     checks.add(t, "architecture", source_info.get("Architecture") == target_info.get("Architecture"),
            f"{target_info.get('Architecture')} here, {source_info.get('Architecture')} on {s}")
     # CPU features: what the process may use on the source must exist on the target.
@@ -112,8 +137,9 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
     checks.add(t, "name free", other is None, f"a container named {spec.name} exists there; remove or rename it")
     tagged = target_engine.image_inspect(spec.image_ref)
     if tagged is not None:
+        ours = source_engine.image_inspect(spec.image_id) or {}
         their_id = tagged["Id"]
-        checks.add(t, "image tag", their_id == spec.image_id, f"{spec.image_ref} is {their_id[:19]} there but "
+        checks.add(t, "image tag", same_image(ours, tagged), f"{spec.image_ref} is {their_id[:19]} there but "
                f"{spec.image_id[:19]} on {s}; retag one of them")
     taken = hosts.taken_ports(dst, target_engine) if spec.published_ports() else {}
     for _ip, port, proto in spec.published_ports():
@@ -123,7 +149,9 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
     # Room for the process and the checkpoint.
     stats = source_engine.stats(spec.id) if spec.running else {}
     mem = int((stats.get("memory_stats") or {}).get("usage") or 0)
-    upper = spec.upper_dir
+    upper = upper_dir(src, spec.inspect)
+    checks.add(s, "writable layer", upper is not None, f"cannot find the writable layer of {spec.name} on {s}; "
+               "`docker inspect` there shows its GraphDriver")
     diff = int(src.run(["du", "-sb", upper], check=False).stdout.split()[0] or 0) if upper else 0
     checks.memory_bytes, checks.fs_diff_bytes = mem, diff
     avail = hosts.mem_info(dst).get("MemAvailable", 0)

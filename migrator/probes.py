@@ -51,6 +51,20 @@ def answers(host: Host, engine: Engine, name: str, ports: list[int], timeout: fl
     return wait_for(check, timeout, 0.05)
 
 
+def upper_dir(host: Host, info: dict[str, Any]) -> str | None:
+    """The directory of the container's own writable layer on the host: overlay2's
+    UpperDir, or the containerd image store's (overlayfs snapshotter) upper dir, which
+    `docker inspect` does not name. None for other storage (nothing to move it with)."""
+    spec = Spec(info)
+    if spec.upper_dir:
+        return spec.upper_dir
+    driver = info.get("GraphDriver") or {}
+    if driver.get("Name") != "overlayfs" or driver.get("Data"):
+        return None
+    r = host.run(hostscripts.argv(host, "upper-dir.sh", "--container", spec.id, "--pid", spec.pid), check=False)
+    return (r.stdout.strip() or None) if r.ok else None
+
+
 def runtime_root(host: Host, container_id: str) -> str:
     """Docker's runc state directory for this container ('' when not found)."""
     r = host.run(hostscripts.argv(host, "runtime.sh", "root", "--container", container_id), check=False)

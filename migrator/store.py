@@ -23,7 +23,7 @@ from .errors import CheckpointError, MigratorError
 from .images import make_workdir, manifest, remove_workdir, verify_manifest
 from .layout import STATE_DIR
 from .locks import owner, release_lock, take_lock
-from .probes import answers, runtime_root
+from .probes import answers, runtime_root, upper_dir
 from .transfer import Link, open_link
 from .transport import Host
 
@@ -92,8 +92,9 @@ def create(host: Host, container: str, name: str | None = None, *, leave_running
         if host.ok(["test", "-e", final]):
             raise CheckpointError(f"{host.name}: checkpoint {name} of {spec.name} exists already")
         checkpoint.dump(host, spec.id, f"{tmp}/criu", root=runtime_root(host, spec.id), leave_running=leave_running)
-        if spec.upper_dir:
-            checkpoint.pack_fs(host, spec.upper_dir, f"{tmp}/fs.tar.zst")
+        upper = upper_dir(host, spec.inspect)
+        if upper:
+            checkpoint.pack_fs(host, upper, f"{tmp}/fs.tar.zst")
         host.put(json.dumps(spec.inspect).encode(), f"{tmp}/config.json")
         size = int(host.run(["du", "-sb", tmp]).stdout.split()[0])
         meta = {"container": spec.name, "name": name, "created": time.time(), "size": size,
@@ -191,14 +192,22 @@ def start_from(host: Host, directory: str, name: str, body: dict[str, Any],
     """Create a container `name` from `body` and start it from the checkpoint in
     `directory` (criu/, fs.tar.zst) on the same host. Returns its id; on failure the new
     container is removed again."""
+    from .preflight import restore_refusal
+
     engine = Engine(host)
+    refusal = restore_refusal(engine.info(), Spec({"Id": "", "Config": body, "HostConfig": body.get("HostConfig")}))
+    if refusal:
+        raise CheckpointError(f"{host.name}: {refusal}")
     verify_manifest(host, directory)
     container_id = engine.create(name, body)
     if on_created:
         on_created(container_id)
     try:
-        upper = Spec(engine.inspect(container_id) or {}).upper_dir
-        if upper and host.ok(["test", "-f", f"{directory}/fs.tar.zst"]):
+        if host.ok(["test", "-f", f"{directory}/fs.tar.zst"]):
+            upper = upper_dir(host, engine.inspect(container_id) or {"Id": container_id})
+            if not upper:  # never a restore without its files
+                raise CheckpointError(f"{host.name}: cannot find the writable layer of the new container {name}",
+                                      hint=f"`docker inspect {name}` there shows its GraphDriver")
             checkpoint.unpack_fs(host, f"{directory}/fs.tar.zst", upper)
         checkpoint.start_from_images(host, engine, container_id, f"{directory}/criu", f"restore-{int(time.time())}")
         if not answers(host, engine, container_id, [], timeout=20):

@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -304,11 +305,29 @@ def _target_host_key(dst: Host) -> str | None:
     return "".join(f"{name} {k.get_name()} {k.get_base64()}\n" for k in entry.values())
 
 
+def same_image(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two `docker image inspect`s are of one image: the same ID, or, across image stores
+    (overlay2's IDs are config digests, the containerd store's manifest digests), the same
+    layers (their uncompressed digests) and configuration."""
+    if a.get("Id") and a.get("Id") == b.get("Id"):
+        return True
+    layers = (a.get("RootFS") or {}).get("Layers")
+    return bool(layers) and layers == (b.get("RootFS") or {}).get("Layers") and a.get("Config") == b.get("Config")
+
+
+def image_there(source_engine: Engine, target_engine: Engine, image_id: str, image_ref: str) -> bool:
+    """The target has the container's image: by its ID, or as the same image under its name."""
+    if target_engine.image_exists(image_id):
+        return True
+    tagged = target_engine.image_inspect(image_ref)
+    return tagged is not None and same_image(source_engine.image_inspect(image_id) or {}, tagged)
+
+
 def ship_image(link: Link, source_engine: Engine, target_engine: Engine, image_id: str, image_ref: str,
                progress: Progress | None = None) -> int:
     """Make the image exist on the target (by ID, under its name when the source's name
     points at it). Returns the bytes sent; 0 when the target already had it."""
-    if target_engine.image_exists(image_id):
+    if image_there(source_engine, target_engine, image_id, image_ref):
         return 0
     tagged = source_engine.image_inspect(image_ref) or {}
     ref = image_ref if tagged.get("Id") == image_id else image_id

@@ -74,6 +74,9 @@ else
     say "installed $(criu --version | sed -n 's/^Version: *//p') at /usr/local/sbin/criu"
 fi
 
+# The newer Docker engines a lab host can run (26, 28): unpacked, never installed.
+bash "$(dirname "$0")/engines.sh"
+
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 venv=${VENV:-.venv}

@@ -119,8 +119,15 @@ def play_cmd(
             return False
         return typer.confirm(msg)
 
-    def reboot_lab(host: str) -> None:
-        lab().restart(host)
+    def reboot_lab(host: str, engine: str | None) -> None:
+        where = load_inventory().host(host).labels.get("lab_dir")
+        the_lab = lab(Path(where) if where else None)
+        if engine:
+            lab_host = the_lab.host(host)
+            the_lab.switch_engine(lab_host, engine, lab_host.store)
+            the_lab.save_host(lab_host)
+        else:
+            the_lab.restart(host)
 
     try:
         variables = {}

@@ -33,18 +33,37 @@ def hosts_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         raise typer.Exit(1)
 
 
-def lab() -> Any:
-    from ..lab import Lab
+def lab(root: Path | None = None) -> Any:
+    """The lab (the default one, or the one in `root`)."""
+    from ..lab import LAB_DIR, Lab
 
-    return Lab(progress=progress_line)
+    return Lab(root or LAB_DIR, progress=progress_line)
+
+
+def _per_host(values: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for v in values or []:
+        host, sep, value = v.partition("=")
+        if not sep or not host or not value:
+            raise MigratorError(f"{option} {v!r}: expected HOST=VALUE", hint=f"e.g. {option} lab2=26")
+        out[host] = value
+    return out
 
 
 @lab_app.command("up")
-def lab_up(n: Annotated[int, typer.Option("--hosts", help="How many hosts.")] = 3) -> None:
-    """Create hosts lab1..labN and write inventory/lab.yaml (a no-op when already up)."""
+def lab_up(
+    n: Annotated[int, typer.Option("--hosts", help="How many hosts.")] = 3,
+    engine: Annotated[list[str] | None, typer.Option(
+        "--engine", help="HOST=VERSION: the Docker engine of a host, 20.10 (default), 26 or 28 (repeatable).")] = None,
+    store: Annotated[list[str] | None, typer.Option(
+        "--store", help="HOST=snapshotter: the containerd image store on a host with Docker 26 or 28 "
+        "(default overlay2; repeatable).")] = None,
+) -> None:
+    """Create hosts lab1..labN and write inventory/lab.yaml (a no-op when already up; a host
+    given another engine or store is switched to it)."""
     try:
         the_lab = lab()
-        done = the_lab.up(n, LAB_INVENTORY)
+        done = the_lab.up(n, LAB_INVENTORY, engines=_per_host(engine, "--engine"), stores=_per_host(store, "--store"))
     except MigratorError as ex:
         fail(ex)
     if done:

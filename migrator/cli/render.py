@@ -106,7 +106,7 @@ def fleet_events(container: str, ev: Any) -> None:
 
 
 def status_table(rows: list[HostStatus]) -> Table:
-    t = Table("host", "address", "reachable", "docker", "criu", "running", "note")
+    t = Table("host", "address", "reachable", "docker", "api", "storage", "criu", "running", "note")
     for r in rows:
         reach = styled("green", "yes") if r.reachable else styled("red", "no")
         if r.cordoned:
@@ -114,6 +114,7 @@ def status_table(rows: list[HostStatus]) -> Table:
         t.add_row(r.name, r.address, reach,
                   (r.docker_version or "-")
                   + ("" if r.experimental in (None, True) else " (experimental off)"),
+                  r.api_version or "-", r.storage or "-",
                   r.criu_version or "-", ", ".join(r.containers_running) or "-", r.error or "")
     return t
 

@@ -22,7 +22,9 @@ need hold "$hold"; need pid "$pid"; need img "$img"; need lock "$lock"; need con
 umask 077; mkdir -p "$hold"; rm -f "$hold/dumped" "$hold/verdict" "$hold/rc"
 [ -p "$hold/tick" ] || mkfifo "$hold/tick"
 printf '%s\n' "$pid" > "$hold/pid"; printf '%s\n' "$img" > "$hold/img"
-printf '#!/bin/bash\nexec bash %q --hold %q --lock %q --conf %q\n' \
+# CRIU runs it at every step of the dump: only two of them start the script
+# shellcheck disable=SC2016  # the action script's own variable, expanded when CRIU runs it
+printf '#!/bin/bash\ncase ${CRTOOLS_SCRIPT_ACTION:-} in pre-dump|post-dump) ;; *) exit 0 ;; esac\nexec bash %q --hold %q --lock %q --conf %q\n' \
   "${BASH_SOURCE[0]%/*}/post-dump.sh" "$hold" "$lock" "$conf" > "$hold/post-dump"
 chmod 0700 "$hold/post-dump"
 # shellcheck disable=SC2016  # the inner script's own variables

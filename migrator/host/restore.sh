@@ -42,15 +42,23 @@ for f in "$img"/pages-*.img; do [ ! -e "$f" ] || ln -s "$up${f#/}" "$cpdir/${f##
 find "$img" -maxdepth 1 -type f ! -name 'pages-*.img' ! -name MANIFEST -exec cp -p -t "$cpdir" {} +
 if [ -n "$action" ]; then
   mkdir -p "${action%/*}"
-  printf '#!/bin/bash\nexec bash %q --published %q\n' "${BASH_SOURCE[0]%/*}/restore-action.sh" "$published" \
-    > "$action"
+  # CRIU runs it at every step of the restore: only two of them start the script
+  # shellcheck disable=SC2016  # the action script's own variable, expanded when CRIU runs it
+  printf '#!/bin/bash\ncase ${CRTOOLS_SCRIPT_ACTION:-} in post-setup-namespaces|network-unlock) ;; *) exit 0 ;; esac\nexec bash %q --published %q\n' \
+    "${BASH_SOURCE[0]%/*}/restore-action.sh" "$published" > "$action"
   chmod 0700 "$action"
   guard -I "${guarded[@]}"
 fi
 # prepare.sh's reserve: the restored process gets its memory. Freed while Docker sets up
 # the container (before CRIU allocates any), not before.
 rm -f "$img/../reserve" & freed=$!
-docker start --checkpoint "$name" "$container" >/dev/null
+# Newer engines refuse a restore on the daemon that made the checkpoint a moment before
+# ("content sha256:... already exists", moby issue 42900); seconds later it works.
+for try in 1 2 3; do
+  out=$(docker start --checkpoint "$name" "$container" 2>&1 >/dev/null) && break
+  case $out in *"already exists"*) [ "$try" = 3 ] || { sleep 3; continue; } ;; esac
+  echo "$out" >&2; exit 1
+done
 wait "$freed" || :
 [ $# -gt 0 ] || exit 0
 read -r pid ip _ < <(docker inspect -f \

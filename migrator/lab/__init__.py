@@ -38,6 +38,28 @@ SUBNET = "10.203.0"  # controller .1, hosts .11, .12, ...
 MOUNT_POINTS = ["/var/lib/docker", "/var/lib/containers", "/etc/criu", "/var/lib/migrator", "/root/.ssh"]
 
 Progress = Callable[[str], None]
+# The engines a lab host can run: the system's (Debian 12's docker.io), or one that
+# scripts/engines.sh unpacked (Debian's own packages of newer engines).
+SYSTEM_ENGINE = "20.10"
+ENGINES = {SYSTEM_ENGINE: None, "26": Path("/var/cache/migrator/engines/26/root"),
+           "28": Path("/var/cache/migrator/engines/28/root")}
+# overlay2: the classic graph driver; snapshotter: the containerd image store (the default
+# of fresh Docker 29 installs), which Docker 20.10 does not have.
+STORES = ("overlay2", "snapshotter")
+
+
+def _engine_and_store(name: str, engine: str, store: str) -> tuple[str, str]:
+    if engine not in ENGINES:
+        raise LabError(f"{name}: engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if store not in STORES:
+        raise LabError(f"{name}: store {store!r} is not one of {', '.join(STORES)}")
+    if store == "snapshotter" and engine == SYSTEM_ENGINE:
+        raise LabError(f"{name}: Docker {SYSTEM_ENGINE} has no containerd image store",
+                       hint=f"--engine {name}=26 (or 28) with --store {name}=snapshotter")
+    root = ENGINES[engine]
+    if root is not None and not (root / "usr/sbin/dockerd").exists():
+        raise LabError(f"engine {engine} is not unpacked in {root}", hint="run `make setup` (scripts/engines.sh)")
+    return engine, store
 
 
 @dataclass
@@ -47,6 +69,8 @@ class LabHost:
     netns: str
     dir: str
     anchor_pid: int = 0
+    engine: str = SYSTEM_ENGINE  # the Docker engine it runs (ENGINES)
+    store: str = "overlay2"  # its image store (STORES)
 
 
 def require_root() -> None:
@@ -81,6 +105,10 @@ class Lab:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write(self.state_file, json.dumps({"hosts": [asdict(h) for h in hosts]}, indent=1))
 
+    def save_host(self, changed: LabHost) -> None:
+        """Record what changed of one host (its engine, say)."""
+        self._save([changed if h.name == changed.name else h for h in self.hosts()])
+
     def host(self, name: str) -> LabHost:
         for h in self.hosts():
             if h.name == name:
@@ -97,11 +125,18 @@ class Lab:
         )
 
     # --- up ---------------------------------------------------------------------------
-    def up(self, count: int = 3, inventory: Path | None = None) -> list[str]:
-        """Make lab1..labN (repairing broken ones); returns what was done, one line each."""
+    def up(self, count: int = 3, inventory: Path | None = None, *, engines: dict[str, str] | None = None,
+           stores: dict[str, str] | None = None) -> list[str]:
+        """Make lab1..labN (repairing broken ones); returns what was done, one line each.
+        `engines` and `stores` give hosts by name another Docker engine or image store; a
+        host that runs another is switched (its dockerd restarted with it, as an upgrade
+        would: its running containers stop)."""
         require_root()
         if not 1 <= count <= 50:
             raise LabError("--hosts must be 1..50")
+        names = {f"{self.prefix}{i}" for i in range(1, count + 1)}
+        for name in {*(engines or {}), *(stores or {})} - names:
+            raise LabError(f"no lab host {name!r} among {self.prefix}1..{self.prefix}{count}")
         done: list[str] = []
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._controller_key()
@@ -110,7 +145,15 @@ class Lab:
         for i in range(1, count + 1):
             name = f"{self.prefix}{i}"
             h = hosts.get(name)
+            engine, store = _engine_and_store(
+                name, (engines or {}).get(name, h.engine if h else SYSTEM_ENGINE),
+                (stores or {}).get(name, h.store if h else "overlay2"))
             if h and self.healthy(h):
+                if (h.engine, h.store) != (engine, store):
+                    self.say(f"{name}: switching to Docker {engine} ({store})")
+                    self.switch_engine(h, engine, store)
+                    done.append(f"{name}: now Docker {engine} ({store})")
+                    self._save(sorted(hosts.values(), key=lambda x: int(x.name[len(self.prefix):])))
                 continue
             if h:
                 self.say(f"{name}: broken, rebuilding it")
@@ -118,8 +161,9 @@ class Lab:
                 done.append(f"{name}: rebuilt")
             else:
                 done.append(f"{name}: created")
-            h = LabHost(name, f"{self.subnet}.{10 + i}", f"migrator-{name}", str(self.root / "hosts" / name))
-            self.say(f"{name}: starting at {h.address}")
+            h = LabHost(name, f"{self.subnet}.{10 + i}", f"migrator-{name}", str(self.root / "hosts" / name),
+                        engine=engine, store=store)
+            self.say(f"{name}: starting at {h.address} (Docker {engine}, {store})")
             self._host_up(h)
             hosts[name] = h
             self._save(sorted(hosts.values(), key=lambda x: int(x.name[len(self.prefix):])))
@@ -160,13 +204,7 @@ class Lab:
               "-f", str(d / "ssh_host_ed25519_key")])
         shutil.copy(self.key.with_suffix(".pub"), d / "root-ssh" / "authorized_keys")
         os.chmod(d / "root-ssh" / "authorized_keys", 0o600)
-        (d / "daemon.json").write_text(json.dumps({
-            "experimental": True,
-            "cgroup-parent": f"/migrator-{h.name}",
-            "shutdown-timeout": 3,
-            "storage-driver": "overlay2",
-            "log-level": "warn",
-        }, indent=1))
+        self._engine_files(h)
         (d / "sshd_config").write_text(
             f"ListenAddress {h.address}\nPort 22\nHostKey {d}/ssh_host_ed25519_key\n"
             f"PidFile {d}/sshd.pid\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
@@ -184,6 +222,31 @@ class Lab:
         )
         log_f.close()
         h.anchor_pid = proc.pid
+
+    def _engine_files(self, h: LabHost) -> None:
+        """What makes the host run its engine and store: the binaries engine.sh mounts, and
+        dockerd's configuration."""
+        d = Path(h.dir)
+        (d / "engine-root").write_text(str(ENGINES[h.engine] or ""))
+        config: dict[str, object] = {"experimental": True, "cgroup-parent": f"/migrator-{h.name}",
+                                     "shutdown-timeout": 3, "log-level": "warn"}
+        if h.store == "snapshotter":
+            config["features"] = {"containerd-snapshotter": True}
+        else:
+            config["storage-driver"] = "overlay2"
+        (d / "daemon.json").write_text(json.dumps(config, indent=1))
+
+    def switch_engine(self, h: LabHost, engine: str, store: str) -> None:
+        """Run another Docker engine (or image store) on a host, as an upgrade does: dockerd
+        stopped (its containers stop), the new binaries in place, dockerd started. Images
+        and containers of one store are not seen by the other."""
+        h.engine, h.store = _engine_and_store(h.name, engine, store)
+        self.stop_service(h, "dockerd")
+        self._engine_files(h)
+        engine_sh = resources.files("migrator.lab").joinpath("engine.sh")
+        self.ns_exec(h, ["bash", str(engine_sh), h.dir])
+        self.start_dockerd(h)
+        self._ensure_image(h)
 
     def _wait_ready(self, h: LabHost) -> None:
         d = Path(h.dir)
@@ -235,8 +298,10 @@ class Lab:
                            stdout=out, check=True)
 
     def write_inventory(self, path: Path) -> None:
-        # `reboot: lab` tells playbooks to restart the host's dockerd and sshd (`lab restart`).
-        hosts = {h.name: {"address": h.address, "labels": {"reboot": "lab"}} for h in self.hosts()}
+        # `reboot: lab` tells playbooks to restart the host's dockerd and sshd (`lab restart`),
+        # `lab_dir` of which lab.
+        hosts = {h.name: {"address": h.address, "labels": {"reboot": "lab", "lab_dir": str(self.root)}}
+                 for h in self.hosts()}
         doc = {
             "defaults": {"user": "root", "port": 22, "identity_file": str(self.key),
                          "known_hosts": str(self.known_hosts)},
@@ -284,7 +349,9 @@ class Lab:
             # A dockerd that was killed leaves its pid file; its pid is gone (init reaped it).
             stale = read_pid(d / "dockerd.pid")
             if stale and not alive(stale):
-                self.ns_exec(h, ["rm", "-f", "/var/run/docker.pid"], check=False)
+                # and so do newer engines' containerd
+                self.ns_exec(h, ["rm", "-f", "/var/run/docker.pid", "/run/docker/containerd/containerd.pid"],
+                             check=False)
                 # Its containerd can outlive it for a while, holding its socket and database (the
                 # new dockerd's own containerd then times out), and so can its docker-proxy
                 # processes, holding published ports no container has any more. The new dockerd

@@ -31,6 +31,9 @@ if [ -e /root/.bashrc ]; then
   mount --bind "$H/bashrc" /root/.bashrc
 fi
 
+# This host's Docker engine: the system's, or a newer one's binaries bind-mounted over it.
+bash "$(dirname "$0")/engine.sh" "$H"
+
 # In a subshell, so that dockerd's parent is init, which reaps it: a killed dockerd must not
 # stay a zombie child of the anchor below (the next dockerd would refuse its pid file).
 ( dockerd --config-file "$H/daemon.json" >"$H/dockerd.log" 2>&1 & echo $! >"$H/dockerd.pid" )

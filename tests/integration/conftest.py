@@ -138,9 +138,22 @@ def record(fault: str, phase: str, outcome: str, hosts: dict[str, LabHost],
     FAULT_ROWS.append((fault, phase, outcome, data))
 
 
+# The support matrix (engine x store x network mode), from the tests that moved or refused
+# each pair; written as the README's table at the end of the session.
+SUPPORT_ROWS: list[tuple[str, str, str, str]] = []
+
+
+def record_support(source: str, target: str, container: str, outcome: str) -> None:
+    """Call after the test's checks held: the row says what works where."""
+    SUPPORT_ROWS.append((source, target, container, outcome))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not FAULT_ROWS:
-        return
-    lines = ["| fault | phase | outcome | data lost |", "|---|---|---|---|"]
-    lines += [f"| {f} | {p} | {o} | {d} |" for f, p, o, d in FAULT_ROWS]
-    (ROOT / "tests" / "faults.md").write_text("\n".join(lines) + "\n")
+    if FAULT_ROWS:
+        lines = ["| fault | phase | outcome | data lost |", "|---|---|---|---|"]
+        lines += [f"| {f} | {p} | {o} | {d} |" for f, p, o, d in FAULT_ROWS]
+        (ROOT / "tests" / "faults.md").write_text("\n".join(lines) + "\n")
+    if SUPPORT_ROWS:
+        lines = ["| source | target | container | outcome |", "|---|---|---|---|"]
+        lines += [f"| {s} | {t} | {c} | {o} |" for s, t, c, o in SUPPORT_ROWS]
+        (ROOT / "tests" / "support.md").write_text("\n".join(lines) + "\n")
