@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import hostscripts, shell
+from . import hosts, hostscripts, shell
 from .engine import Engine
 from .errors import CheckpointError, MigratorError, tail
 from .images import checkpoint_dir, in_tmpfs
@@ -101,10 +101,8 @@ def prepare_memory(host: Host, img: str, need_bytes: int) -> bool:
     """Before the freeze, put to use on the target the memory the restore will need (see
     prepare.sh): faulting in fresh memory is then no part of the downtime. Only when the
     host has that memory available twice and its tmpfs the room; returns whether it did."""
-    from .hosts import free_bytes
-
     mib = need_bytes // 1048576 + 1
-    if not in_tmpfs(img) or free_bytes(host, "/dev/shm") < 2.5 * need_bytes:
+    if not in_tmpfs(img) or hosts.free_bytes(host, "/dev/shm") < 2.5 * need_bytes:
         return False
     r = host.run(hostscripts.argv(host, "prepare.sh", "--img", img, "--mib", mib), check=False, timeout=600)
     if r.rc == 3:  # not worth an out-of-memory risk there: the restore allocates as it goes
@@ -142,7 +140,7 @@ def start_from_images(host: Host, engine: Engine, container_id: str, img: str, n
         host, "restore.sh", "--img", img, "--cpdir", checkpoint_dir(engine.docker_root, container_id, name),
         "--name", name, "--container", container_id, *(["--verify"] if verify else []), "--pages", sizes,
         "--action", path, "--published", " ".join(map(str, published or [])), "--wait", wait,
-        "--", *(ports or []))
+        *(["--at-create"] if hosts.restore_at_create(engine.server_version) else []), "--", *(ports or []))
     criu_run(host, f"restore of {container_id[:12]}", restore, opts)
 
 

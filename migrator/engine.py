@@ -137,6 +137,13 @@ class Engine:
             self._root = str(self.info().get("DockerRootDir") or "/var/lib/docker")
         return self._root
 
+    @property
+    def server_version(self) -> str:
+        """The daemon's version, e.g. "28.5.2+dfsg4" (asked once per Engine)."""
+        if not getattr(self, "_server_version", None):
+            self._server_version = str(self.version().get("Version") or "")
+        return self._server_version
+
     def version(self) -> dict[str, Any]:
         return dict(self._call("docker version", lambda a: a.version()))
 

@@ -53,6 +53,18 @@ def engine_major(version: str | None) -> int:
     return int(head) if head.isdigit() else 0
 
 
+# Docker 28 and newer start a restored container's network from its task's pid, which is 0
+# until the restore has run: every container with a network namespace of its own fails
+# ("bind-mount /proc/0/ns/net"; moby daemon/start_linux.go, containerd issue 12141).
+RESTORE_NETNS_BROKEN_FROM = 28
+
+
+def restore_at_create(version: str) -> bool:
+    """Whether Docker `version` restores through migrator's runc wrapper, at `runc create`
+    (restore.sh --at-create), instead of `docker start --checkpoint`."""
+    return engine_major(version) >= RESTORE_NETNS_BROKEN_FROM
+
+
 def cordoned(host: Host) -> dict[str, Any] | None:
     """The host's cordon mark, kept on the host itself so that every controller sees it."""
     r = host.run(["cat", CORDON_FILE], check=False)

@@ -5,6 +5,7 @@ A typo is an error naming the file, the key and the line, never a KeyError at ru
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,6 +18,11 @@ from .errors import InventoryError
 
 DEFAULT_PATH = "inventory/hosts.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# What may reach a remote file or command line (authorized_keys' from="...", ssh's -l):
+# a DNS name (RFC 1123 labels) or an IP address; a POSIX user name.
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                         r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 
 # The defaults, in one place. A host's own value wins over the file's `defaults:`.
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -116,6 +122,17 @@ class _Loader:
                 for lk, _lkn, lv in self.mapping(vnode, f"{what}.labels"):
                     labels[lk] = str(self.scalar(lv, f"labels.{lk}", str))
                 out[key] = (labels, vnode)
+            elif key == "address":
+                address = self.scalar(vnode, key, str)
+                if not _is_address(address):
+                    raise self.fail(vnode, f"'address' must be an IP address or a host name, not {address!r}")
+                out[key] = (address, vnode)
+            elif key == "user":
+                user = self.scalar(vnode, key, str)
+                if not USER_RE.match(user):
+                    raise self.fail(vnode, f"'user' must be a user name (letters, digits, '_', '.', '-'), "
+                                           f"not {user!r}")
+                out[key] = (user, vnode)
             elif key == "port":
                 port = self.scalar(vnode, key, int)
                 if not 0 < port < 65536:
@@ -188,6 +205,14 @@ class _Loader:
                     members.append(hname)
                 groups[gname] = members
         return Inventory(path=self.path, hosts=hosts, groups=groups)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return bool(HOSTNAME_RE.match(text))
 
 
 def _expand(p: str, base: Path) -> Path:

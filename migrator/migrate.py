@@ -240,6 +240,7 @@ class Migration:
                 raise MigratorError(f"{self.dst.name}: cannot find the writable layer of the container made there "
                                     f"for {spec.name}", hint=f"`docker inspect {spec.name}` there shows its driver")
             target_engine.docker_root  # noqa: B018 - asked now, not in the freeze window
+            target_engine.server_version  # noqa: B018 - likewise
             # Docker must not restart the frozen source on its own (two copies): its restart
             # policy is "no" until it is removed, or put back on rollback.
             policy = spec.host_config.get("RestartPolicy") or {"Name": "no"}

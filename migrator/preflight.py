@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import hosts
 from .container import Spec
@@ -16,10 +15,6 @@ from .transport import Host
 
 CRIU_MIN = (4, 2)
 STORES = ("overlay2", hosts.SNAPSHOTTER)
-# Docker 28 and newer start a restored container's network from its task's pid, which is 0
-# until the restore has run: every container with a network namespace of its own fails
-# ("bind-mount /proc/0/ns/net"); moby daemon/start_linux.go, containerd issue 12141.
-RESTORE_NETNS_BROKEN_FROM = 28
 TOOLS = ["bash", "tar", "zstd", "b2sum", "nsenter", "timeout", "ss"]
 SOURCE_TOOLS = ["ssh", "rsync"]
 TARGET_TOOLS = ["rsync"]
@@ -54,16 +49,19 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split(".")[:2] if x.isdigit())
 
 
-def restore_refusal(info: dict[str, Any], spec: Spec) -> str | None:
-    """Why the daemon of `docker info` `info` cannot restore this container, or None."""
-    version = str(info.get("ServerVersion") or "")
+def restore_refusal(host: Host, version: str, spec: Spec) -> str | None:
+    """Why the Docker `version` on `host` cannot restore this container, or None. Docker
+    28+ restores a container with a network namespace of its own only through migrator's
+    runc wrapper, at `runc create` (host/runc-wrapper.sh)."""
     mode = spec.network_mode
     own_netns = not (mode == "host" or mode.startswith("container:") or spec.inspect["Config"].get("NetworkDisabled"))
-    if hosts.engine_major(version) >= RESTORE_NETNS_BROKEN_FROM and own_netns:
+    if hosts.restore_at_create(version) and own_netns and not host.ok(["runc", "migrator-info"]):
         return (f"Docker {version} cannot restore a container with a network namespace of its own (network "
-                f"{mode}): it sets up the network from the restored task's pid, which is 0 until the restore "
-                "runs (moby daemon/start_linux.go; containerd issue 12141, unfixed); pick a target with Docker "
-                "20.10-27, or run the container with --network host")
+                f"{mode}) by itself: it sets up the network from the restored task's pid, which is 0 until the "
+                "restore runs (moby daemon/start_linux.go; containerd issue 12141, unfixed); install migrator's "
+                "runc wrapper there (`install -m 0755 migrator/host/runc-wrapper.sh /usr/local/sbin/runc`, earlier "
+                "on dockerd's PATH than /usr/sbin, then restart dockerd), pick a target with Docker 20.10-27, or run "
+                "the container with --network host")
     return None
 
 
@@ -107,7 +105,7 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
     mark = hosts.cordoned(dst)
     checks.add(t, "not cordoned", mark is None,
            f"cordoned ({(mark or {}).get('reason') or 'no reason given'}); `migrator uncordon {t}` first")
-    refusal = restore_refusal(target_info, spec)
+    refusal = restore_refusal(dst, str(target_info.get("ServerVersion") or ""), spec)
     checks.add(t, "restore on this engine", refusal is None, refusal or "")
     checks.add(t, "architecture", source_info.get("Architecture") == target_info.get("Architecture"),
            f"{target_info.get('Architecture')} here, {source_info.get('Architecture')} on {s}")

@@ -195,7 +195,8 @@ def start_from(host: Host, directory: str, name: str, body: dict[str, Any],
     from .preflight import restore_refusal
 
     engine = Engine(host)
-    refusal = restore_refusal(engine.info(), Spec({"Id": "", "Config": body, "HostConfig": body.get("HostConfig")}))
+    refusal = restore_refusal(host, engine.server_version,
+                              Spec({"Id": "", "Config": body, "HostConfig": body.get("HostConfig")}))
     if refusal:
         raise CheckpointError(f"{host.name}: {refusal}")
     verify_manifest(host, directory)

@@ -246,9 +246,8 @@ def stop_master(host: Host, workdir: str) -> None:
 
 def remove_key(host: Host, operation: str) -> None:
     """Drop the single-use key of `operation` from host's authorized_keys."""
-    pattern = f"/ {key_comment(operation)}$/d"
-    host.run(["bash", "-c", 'f="$HOME/.ssh/authorized_keys"; [ ! -f "$f" ] || sed -i -e "$1" "$f"',
-              "_", pattern], check=False)
+    host.run(hostscripts.argv(host, "authorized-keys.sh", "remove", "--comment", key_comment(operation)),
+             check=False)
 
 
 def open_link(src: Host, dst: Host, operation: str, workdir: str, *, relay_only: bool = False) -> Link:
@@ -272,9 +271,7 @@ def open_link(src: Host, dst: Host, operation: str, workdir: str, *, relay_only:
     link._known_hosts = f"{workdir}/known_hosts"
     src.put(private, link._key_path, 0o600)
     src.put(host_key.encode(), link._known_hosts, 0o600)
-    dst.run(["bash", "-c",
-             'umask 077; mkdir -p "$HOME/.ssh"; printf "%s\\n" "$1" >> "$HOME/.ssh/authorized_keys"',
-             "_", line])
+    dst.run(hostscripts.argv(dst, "authorized-keys.sh", "add", "--line", line))
     try:
         # One ssh connection for every copy of this transfer (no handshake in the freeze
         # window): a master in the background, its stdio detached so this command returns.

@@ -7,18 +7,20 @@
 #
 #   restore.sh --img DIR --cpdir DIR --name CHECKPOINT --container ID [--verify]
 #              [--pages "FILE:SIZE ..."] [--action PATH] [--published "PORT ..."]
-#              [--wait SECONDS] [-- PORT...]
+#              [--wait SECONDS] [--at-create] [-- PORT...]
 #
 # --verify: IMG must match its MANIFEST; --pages: the pages files must have these sizes.
-# --action: CRIU's action script goes there (restore-action.sh, with the PUBLISHED host
+# --at-create (Docker 28 and newer): the images are not given to Docker but to migrator's
+# runc wrapper (runc-wrapper.sh), which restores them at the `runc create` of a plain
+# `docker start`. --action: CRIU's action script goes there (restore-action.sh, with the PUBLISHED host
 # ports guarded until the container's network is up). Returns once the container accepts
 # connections on each PORT (fails after --wait, default 30 s). What a restore leaves is
 # removed when this ends, whether it started the container or not.
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-img='' cpdir='' name='' container='' verify=0 pages='' action='' published='' wait=30
-parse img cpdir name container verify! pages action published wait -- "$@"
+img='' cpdir='' name='' container='' verify=0 pages='' action='' published='' wait=30 at_create=0
+parse img cpdir name container verify! pages action published wait at-create! -- "$@"
 set -- "${REST[@]}"
 need img "$img"; need cpdir "$cpdir"; need name "$name"; need container "$container"
 read -ra guarded <<< "$published"
@@ -28,8 +30,9 @@ check_pages "$img" "$pages"
 up=$(printf '../%.0s' $(seq 30))
 # Docker's checkpoint dir, containerd's copy of it in its /tmp (it has our links to the
 # pages), the action script and its guard (CRIU's action ends that as soon as it can).
+mark=/var/lib/migrator/restore-at-create/$container
 leftovers() {
-  rm -rf "$cpdir"
+  rm -rf "$cpdir" "$mark"
   for l in /tmp/ctrd-checkpoint*/pages-*.img; do
     [ -L "$l" ] && [ "$(readlink "$l")" = "$up${img#/}/${l##*/}" ] && rm -rf "${l%/*}"
   done
@@ -37,9 +40,16 @@ leftovers() {
   return 0
 }
 trap leftovers EXIT
-rm -rf "$cpdir"; mkdir -p "$cpdir"; chmod 0700 "$cpdir"
-for f in "$img"/pages-*.img; do [ ! -e "$f" ] || ln -s "$up${f#/}" "$cpdir/${f##*/}"; done
-find "$img" -maxdepth 1 -type f ! -name 'pages-*.img' ! -name MANIFEST -exec cp -p -t "$cpdir" {} +
+if [ "$at_create" = 1 ]; then
+  runc migrator-info >/dev/null 2>&1 || die "restore.sh: this host's runc is not migrator's wrapper (runc-wrapper.sh)"
+  rm -rf "$mark"; mkdir -p "$mark"; printf '%s\n' "$img" > "$mark/images"
+  start=(docker start "$container")
+else
+  rm -rf "$cpdir"; mkdir -p "$cpdir"; chmod 0700 "$cpdir"
+  for f in "$img"/pages-*.img; do [ ! -e "$f" ] || ln -s "$up${f#/}" "$cpdir/${f##*/}"; done
+  find "$img" -maxdepth 1 -type f ! -name 'pages-*.img' ! -name MANIFEST -exec cp -p -t "$cpdir" {} +
+  start=(docker start --checkpoint "$name" "$container")
+fi
 if [ -n "$action" ]; then
   mkdir -p "${action%/*}"
   # CRIU runs it at every step of the restore: only two of them start the script
@@ -55,7 +65,7 @@ rm -f "$img/../reserve" & freed=$!
 # Newer engines refuse a restore on the daemon that made the checkpoint a moment before
 # ("content sha256:... already exists", moby issue 42900); seconds later it works.
 for try in 1 2 3; do
-  out=$(docker start --checkpoint "$name" "$container" 2>&1 >/dev/null) && break
+  out=$("${start[@]}" 2>&1 >/dev/null) && break
   case $out in *"already exists"*) [ "$try" = 3 ] || { sleep 3; continue; } ;; esac
   echo "$out" >&2; exit 1
 done

@@ -23,6 +23,7 @@ import yaml
 
 from ..controller import alive, atomic_write
 from ..errors import LabError
+from ..hosts import engine_major
 from ..transport import wait_for
 from . import image, network
 from .image import IMAGE
@@ -228,6 +229,9 @@ class Lab:
         dockerd's configuration."""
         d = Path(h.dir)
         (d / "engine-root").write_text(str(ENGINES[h.engine] or ""))
+        # Docker 28+ restores through migrator's runc wrapper (host/runc-wrapper.sh)
+        wrapper = resources.files("migrator.host").joinpath("runc-wrapper.sh")
+        (d / "runc-wrapper").write_text(str(wrapper) if engine_major(h.engine) >= 28 else "")
         config: dict[str, object] = {"experimental": True, "cgroup-parent": f"/migrator-{h.name}",
                                      "shutdown-timeout": 3, "log-level": "warn"}
         if h.store == "snapshotter":

@@ -26,11 +26,14 @@ MIXED = {"elab1": ("20.10", "overlay2"), "elab2": ("26", "overlay2"), "elab3": (
 INVENTORY = ROOT / "inventory" / "elab.yaml"
 
 
+LAB = Lab(Path("/var/lib/migrator-elab"), bridge="mgeng0", subnet="10.205.0", prefix="elab")
+
+
 @pytest.fixture(scope="module")
 def mixed() -> Iterator[dict[str, LabHost]]:
     if os.geteuid() != 0:
         pytest.fail("integration tests need root")
-    lab = Lab(Path("/var/lib/migrator-elab"), bridge="mgeng0", subnet="10.205.0", prefix="elab")
+    lab = LAB
     lab.up(len(MIXED), INVENTORY, engines={h: e for h, (e, _) in MIXED.items()},
            stores={h: s for h, (_, s) in MIXED.items()})
     inv: Inventory = load(INVENTORY)
@@ -107,18 +110,57 @@ def test_migrate_across_engines_and_stores(hosts: dict[str, LabHost], source: st
     record_support(kind(a), kind(b), "bridge, published port", "migrated: memory, files, configuration kept")
 
 
-def test_docker_28_target_is_refused_before_anything_changes(hosts: dict[str, LabHost]) -> None:
+def test_a_bridge_container_moves_to_docker_28_and_back_through_the_runc_wrapper(
+        hosts: dict[str, LabHost]) -> None:
+    """Docker 28 cannot `start --checkpoint` a container with a network of its own; its runc
+    wrapper restores it at `runc create` of a plain start instead: a normal container after."""
+    a, b = hosts["elab1"], hosts["elab4"]
+    fill(start_redis(a), 20_000)
+    a.sh("docker", "exec", "r1", "sh", "-c", "mkdir -p /srv && echo rootfs-data > /srv/written")
+    r = cli("migrate", "r1", "--from", "elab1", "--to", "elab4", "--json")
+    assert r.returncode == 0, r.stderr
+    check_all(b.wait_redis(), 20_000)
+    assert b.sh("docker", "exec", "r1", "cat", "/srv/written").strip() == "rootfs-data"
+    info = b.engine.inspect("r1") or {}
+    assert info["State"]["Running"] and info["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+    assert info["HostConfig"]["Runtime"] == "runc"  # Docker's view: its own runtime, nothing of ours
+    assert a.engine.inspect("r1") is None and b.running() == ["r1"]
+    assert not any(b.leftovers().values()), b.leftovers()
+    assert b.sh("bash", "-c", "ls -A /var/lib/migrator/restore-at-create 2>/dev/null || true").strip() == ""
+    record_support(kind(a), kind(b), "bridge, published port", "migrated (restored at runc create, migrator's wrapper)")
+    assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    b.sh("docker", "logs", "r1")
+    r = cli("migrate", "r1", "--from", "elab4", "--to", "elab1")
+    assert r.returncode == 0, r.stderr
+    check_all(a.wait_redis(), 20_000)
+    record_support(kind(b), kind(a), "bridge, published port", "migrated")
+    # and once more there: a normal container, that stops and starts like any other
+    assert cli("migrate", "r1", "--from", "elab1", "--to", "elab4").returncode == 0
+    b.sh("docker", "stop", "r1")
+    b.sh("docker", "start", "r1")
+    assert b.wait_redis().dbsize() == 0  # a fresh start: memory gone, files kept
+    assert b.sh("docker", "exec", "r1", "cat", "/srv/written").strip() == "rootfs-data"
+    assert "Ready to accept connections" in b.sh("bash", "-c", "docker logs r1 2>&1")
+
+
+def test_docker_28_without_the_runc_wrapper_is_refused_before_anything_changes(hosts: dict[str, LabHost]) -> None:
     a, b = hosts["elab1"], hosts["elab4"]
     fill(start_redis(a), 1000)
-    r = cli("migrate", "r1", "--from", "elab1", "--to", "elab4")
+    elab4 = LAB.host("elab4")
+    # the host's runc is the real one now
+    LAB.ns_exec(elab4, ["bash", "-c", "while umount /usr/sbin/runc 2>/dev/null; do :; done"])
+    try:
+        r = cli("migrate", "r1", "--from", "elab1", "--to", "elab4")
+    finally:
+        LAB.ns_exec(elab4, ["mount", "--bind", (Path(elab4.dir) / "runc-wrapper").read_text(), "/usr/sbin/runc"])
     assert r.returncode == 2, r.stderr
-    assert "Docker 28.5.2" in r.stderr and "network namespace of its own" in r.stderr
-    assert "--network host" in r.stderr
+    assert "Docker 28.5.2" in r.stderr and "runc wrapper" in r.stderr and "--network host" in r.stderr
     check_all(a.redis(), 1000)
     assert a.running() == ["r1"] and b.engine.containers(all=True) == []
     for h in (a, b):
         assert not any(h.leftovers().values()), f"{h.name}: {h.leftovers()}"
-    record_support(kind(a), kind(b), "bridge, published port", "refused in preflight (Docker 28+ restore bug)")
+    record_support(kind(a), "Docker 28, overlay2, without migrator's runc wrapper", "bridge, published port",
+                   "refused in preflight, nothing changed")
 
 
 def test_host_network_container_moves_to_docker_28(hosts: dict[str, LabHost]) -> None:

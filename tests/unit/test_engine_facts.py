@@ -10,7 +10,7 @@ import pytest
 
 from migrator.container import Spec
 from migrator.errors import LabError
-from migrator.hosts import SNAPSHOTTER, engine_major, storage
+from migrator.hosts import SNAPSHOTTER, engine_major, restore_at_create, storage
 from migrator.lab import _engine_and_store
 from migrator.preflight import restore_refusal
 from migrator.transfer import same_image
@@ -32,20 +32,38 @@ def _spec(mode: str, disabled: bool = False) -> Spec:
     return Spec({"Id": "x", "Config": {"NetworkDisabled": disabled}, "HostConfig": {"NetworkMode": mode}})
 
 
+class FakeHost:
+    """A host whose `runc migrator-info` answers as told (migrator's runc wrapper there or not)."""
+
+    def __init__(self, wrapper: bool) -> None:
+        self.wrapper, self.asked = wrapper, 0
+
+    def ok(self, argv: list[str]) -> bool:
+        assert argv == ["runc", "migrator-info"]
+        self.asked += 1
+        return self.wrapper
+
+
 @pytest.mark.parametrize("version, mode, refused", [
     ("28.5.2", "bridge", True), ("28.5.2", "default", True), ("28.5.2", "mynet", True), ("28.5.2", "none", True),
     ("29.0.1", "bridge", True), ("28.5.2", "host", False), ("28.5.2", "container:abc", False),
     ("27.5.1", "bridge", False), ("26.1.5", "bridge", False), ("20.10.24", "bridge", False),
 ])
-def test_restore_refusal_for_docker_28_and_a_network_of_its_own(version: str, mode: str, refused: bool) -> None:
-    why = restore_refusal({"ServerVersion": version}, _spec(mode))
+def test_docker_28_restores_a_network_of_its_own_only_with_the_runc_wrapper(version: str, mode: str,
+                                                                          refused: bool) -> None:
+    without = FakeHost(wrapper=False)
+    why = restore_refusal(without, version, _spec(mode))  # type: ignore[arg-type]
     assert (why is not None) == refused
     if why:
-        assert f"Docker {version}" in why and "--network host" in why and "20.10-27" in why
+        assert f"Docker {version}" in why and "runc wrapper" in why and "--network host" in why and "20.10-27" in why
+    assert restore_refusal(FakeHost(wrapper=True), version, _spec(mode)) is None  # type: ignore[arg-type]
+    assert restore_at_create(version) == version.startswith(("28", "29"))
 
 
 def test_a_container_created_with_networking_disabled_restores_on_28() -> None:
-    assert restore_refusal({"ServerVersion": "28.5.2"}, _spec("bridge", disabled=True)) is None
+    host = FakeHost(wrapper=False)
+    assert restore_refusal(host, "28.5.2", _spec("bridge", disabled=True)) is None  # type: ignore[arg-type]
+    assert host.asked == 0
 
 
 def _image(id_: str, layers: list[str], cmd: list[str] | None = None) -> dict[str, Any]:

@@ -351,3 +351,40 @@ def test_install_puts_them_in_place_once(tmp_path: Path) -> None:
     assert (where / ".complete").exists() and (where / "lib.sh").read_bytes() == (HERE / "lib.sh").read_bytes()
     assert oct(where.stat().st_mode & 0o777) == "0o700"
     assert [p.name for p in where.parent.iterdir()] == ["v1"]  # no temporaries left
+
+
+# --- authorized_keys, edited under a lock, whole ----------------------------------------------
+def _keys(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return script("authorized-keys.sh", *args, env={"HOME": str(home)})
+
+
+def test_authorized_keys_edits_keep_a_symlink_its_mode_and_every_concurrent_key(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    real = tmp_path / "keys" / "root"
+    real.parent.mkdir()
+    real.write_text("ssh-ed25519 AAAA operator@laptop")  # no newline at its end
+    real.chmod(0o640)
+    (home / ".ssh" / "authorized_keys").symlink_to(real)
+    procs = [subprocess.Popen(["bash", str(HERE / "authorized-keys.sh"), "add", "--line",
+                               f'restrict,from="10.0.0.{i}" ssh-ed25519 K{i} migrator-transfer-m{i}'],
+                              env={**os.environ, "HOME": str(home)}) for i in range(12)]
+    assert all(p.wait(30) == 0 for p in procs)
+    lines = real.read_text().splitlines()
+    assert lines[0] == "ssh-ed25519 AAAA operator@laptop" and len(lines) == 13
+    assert {ln.rsplit(" ", 1)[1] for ln in lines[1:]} == {f"migrator-transfer-m{i}" for i in range(12)}
+    assert (home / ".ssh" / "authorized_keys").is_symlink() and oct(real.stat().st_mode & 0o777) == "0o640"
+    assert _keys(home, "remove", "--comment", "migrator-transfer-m3").returncode == 0
+    lines = real.read_text().splitlines()
+    assert len(lines) == 12 and not any(ln.endswith("migrator-transfer-m3") for ln in lines)
+    assert (home / ".ssh" / "authorized_keys").is_symlink() and oct(real.stat().st_mode & 0o777) == "0o640"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["root"]  # no temporaries left
+
+
+def test_authorized_keys_made_when_missing_and_removing_from_none_is_fine(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert _keys(home, "remove", "--comment", "migrator-transfer-x").returncode == 0
+    assert not (home / ".ssh" / "authorized_keys").exists()
+    assert _keys(home, "add", "--line", "ssh-ed25519 K migrator-transfer-x").returncode == 0
+    keys = home / ".ssh" / "authorized_keys"
+    assert keys.read_text() == "ssh-ed25519 K migrator-transfer-x\n" and oct(keys.stat().st_mode & 0o777) == "0o600"

@@ -71,3 +71,27 @@ def test_env_var_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     p = write(tmp_path, "hosts:\n  a: {address: x}\n")
     monkeypatch.setenv("MIGRATOR_INVENTORY", str(p))
     assert list(load().hosts) == ["a"]
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "::1", "fd00::12", "db-1.example.com", "lab1"])
+def test_addresses_that_are_addresses_load(tmp_path: Path, address: str) -> None:
+    assert load(write(tmp_path, f"hosts:\n  a:\n    address: '{address}'\n")).host("a").address == address
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("address", '10.0.0.1",command="sh', "'address' must be an IP address or a host name"),
+    ("address", "a b", "'address' must be"),
+    ("address", "-oProxyCommand=x", "'address' must be"),
+    ("address", "host.", "'address' must be"),
+    ("user", "root; rm -rf /", "'user' must be a user name"),
+    ("user", "-oProxyCommand=x", "'user' must be"),
+])
+def test_values_that_reach_a_remote_file_or_command_are_checked_at_load(tmp_path: Path, field: str, value: str,
+                                                                       needle: str) -> None:
+    extra = "    address: 10.0.0.1\n" if field != "address" else ""
+    p = write(tmp_path, f"hosts:\n  a:\n{extra}    {field}: '{value}'\n")
+    with pytest.raises(InventoryError, match=needle) as err:
+        load(p)
+    assert f"{p}:" in str(err.value)  # names the file and line
+    line = int(str(err.value).split(":")[1])
+    assert line == 3 + (1 if extra else 0)
