@@ -19,7 +19,7 @@ test-unit: setup
 	$(BIN)/pytest -p no:cacheprovider tests/unit
 
 test-integration: setup
-	$(BIN)/pytest -p no:cacheprovider tests/integration
+	$(BIN)/pytest -p no:cacheprovider -m lab tests/integration --ignore=tests/integration/test_faults.py
 
 test-faults: setup
 	$(BIN)/pytest -p no:cacheprovider tests/integration/test_faults.py

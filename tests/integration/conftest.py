@@ -21,6 +21,15 @@ ROOT = Path(__file__).resolve().parents[2]
 MIGRATOR = [sys.executable, "-m", "migrator.cli"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test here needs the lab (root, real dockerd, CRIU and sshd): `-m "not lab"` runs
+    only the unit tests."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.lab)
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
