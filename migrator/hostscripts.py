@@ -16,7 +16,6 @@ import tarfile
 from functools import cache
 from importlib import resources
 
-from . import shell
 from .layout import SCRIPTS_DIR
 from .transport import Host
 
@@ -65,7 +64,3 @@ def argv(host: Host, script: str, *args: str | int) -> list[str | int]:
     """argv that runs one of the scripts on `host` (installed there first if need be)."""
     return ["bash", f"{installed(host)}/{script}", *args]
 
-
-def command(host: Host, script: str, *args: str | int) -> str:
-    """The same as a command line, for a remote command that another host runs there."""
-    return shell.join(argv(host, script, *args))
