@@ -11,7 +11,7 @@ CRIU_MIN=4.2
 # the linter of the host-side scripts (shellcheck) for `make lint`.
 APT_PKGS=(docker.io openssh-server rsync iproute2 iptables redis-server redis-tools busybox-static
           zstd podman netavark shellcheck)
-CRIU_BUILD_DEPS=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
+CRIU_BUILD_DEPS=(build-essential patch pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
                  protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
                  libgnutls28-dev libnftables-dev uuid-dev libaio-dev)
 export DEBIAN_FRONTEND=noninteractive
@@ -21,10 +21,17 @@ for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+# The lab's CRIU carries migrator's patches (scripts/criu-patches, each saying why; real
+# hosts need none of them): a build records their hash, and a CRIU built without them
+# (or with others) is built again.
+PATCHES=$(cd "$(dirname "$0")/criu-patches" && pwd)
+PATCH_STAMP=/usr/local/share/migrator/criu-patches
+patches_hash() { cat "$PATCHES"/*.patch | sha256sum | cut -d' ' -f1; }
 criu_ok() {
     command -v criu >/dev/null 2>&1 || return 1
     local v; v=$(criu --version 2>/dev/null | sed -n 's/^Version: *//p')
-    [ -n "$v" ] && [ "$(printf '%s\n%s\n' "$CRIU_MIN" "$v" | sort -V | head -1)" = "$CRIU_MIN" ]
+    [ -n "$v" ] && [ "$(printf '%s\n%s\n' "$CRIU_MIN" "$v" | sort -V | head -1)" = "$CRIU_MIN" ] &&
+        [ "$(cat "$PATCH_STAMP" 2>/dev/null)" = "$(patches_hash)" ]
 }
 
 apt_updated=0
@@ -67,11 +74,16 @@ else
     tarball=$(find . -maxdepth 1 -name "criu_4.2*.orig.tar.*" -printf "%f\n" | sort -V | tail -1)
     [ -n "$tarball" ] || { echo "setup: could not download criu 4.2 source from sid" >&2; exit 1; }
     rm -rf src && mkdir src && tar -xf "$tarball" -C src --strip-components=1
+    for p in "$PATCHES"/*.patch; do
+        say "patching criu: $(basename "$p")"
+        patch -d src -p1 --quiet < "$p"
+    done
     say "building criu from $tarball (about a minute)"
     make -C src -j"$(nproc)" criu >build.log 2>&1 || { tail -30 build.log >&2; exit 1; }
     install -m 0755 src/criu/criu /usr/local/sbin/criu
+    install -d /usr/local/share/migrator && patches_hash > "$PATCH_STAMP"
     popd >/dev/null
-    say "installed $(criu --version | sed -n 's/^Version: *//p') at /usr/local/sbin/criu"
+    say "installed $(criu --version | sed -n 's/^Version: *//p') (patched) at /usr/local/sbin/criu"
 fi
 
 # The newer Docker engines a lab host can run (26, 28): unpacked, never installed.
