@@ -15,6 +15,12 @@ Methods:
             in runc.conf as migrator's; containers get --ulimit nofile/nproc=1024, which
             Podman needs on this machine kind).
 
+- fleet:    drain throughput: 20 small Redis containers (20,000 keys each) drained off
+            lab1 at --parallel 1 and 4, against the median single migrate of the same
+            containers in the same run (the ideal drain at P lanes: single x 20 / P), and each
+            container's downtime inside the drain against a single move's; then the same drain
+            with one move's link cut (its SSH master killed as it freezes).
+
 Downtime is what a client sees: a probe GETs a key every 5 ms wherever the service is (old
 or new address); downtime is the longest gap between two correct answers. Every measured
 run starts after a `sync`, so that no method pays for the page cache another left dirty.
@@ -46,6 +52,7 @@ from migrator.container import Spec  # noqa: E402
 from migrator.engine import Engine  # noqa: E402
 from migrator.inventory import Inventory, load  # noqa: E402
 from migrator.lab import Lab  # noqa: E402
+from migrator.lab.faults import cut_link  # noqa: E402
 from migrator.migrate import Event, Migration  # noqa: E402
 from migrator.transfer import Job, open_link  # noqa: E402
 from migrator.transport import Host, relay, wait_for  # noqa: E402
@@ -260,8 +267,8 @@ def floor(h: Host) -> dict[str, Any]:
 
 
 def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) -> dict[str, Any]:
-    cross = "cross" in methods
-    methods = [m for m in methods if m != "cross"]
+    cross, fleet_bench = "cross" in methods, "fleet" in methods
+    methods = [m for m in methods if m not in ("cross", "fleet")]
     lab = Lab()
     lab.up(3, ROOT / "inventory" / "lab.yaml")
     inv = load(ROOT / "inventory" / "lab.yaml")
@@ -318,10 +325,140 @@ def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) ->
             podman_teardown([a, b])
     a.close()
     b.close()
+    if fleet_bench:
+        results["fleet"] = fleet_section(inv)
     if cross:
         cross_version(results, repeat)
     write(results, out_dir)
     return results
+
+
+FLEET_N, FLEET_KEYS, FLEET_SINGLES = 20, 20_000, 6
+
+
+def _fleet_start(h: Host, n: int) -> None:
+    for i in range(n):
+        h.run(["docker", "run", "-d", "--name", f"fleet{i}", "lab/redis"])
+        pid = h.run(["docker", "inspect", "-f", "{{.State.Pid}}", f"fleet{i}"]).stdout.strip()
+        h.run(["bash", "-c", 'until nsenter -t "$1" -n redis-cli ping >/dev/null 2>&1; do sleep 0.05; done; '
+               'nsenter -t "$1" -n redis-cli DEBUG POPULATE "$2" key 64 >/dev/null', "_", pid, FLEET_KEYS])
+
+
+def _fleet_clean(hs: list[Host]) -> None:
+    for h in hs:
+        h.run(["bash", "-c", 'ids=$(docker ps -aq --filter name=^fleet); [ -z "$ids" ] || docker rm -f $ids'],
+              check=False)
+
+
+def _drain_figures(plan: Any, seconds: float) -> dict[str, Any]:
+    downs = [float((m.report or {}).get("downtime_s") or 0) for m in plan.moves if m.outcome == "migrated"]
+    return {"seconds": round(seconds, 2), "outcomes": plan.summary()["outcomes"],
+            "downtime_median_s": statistics.median(downs) if downs else None,
+            "downtime_max_s": max(downs) if downs else None,
+            "moves": [{"container": m.container, "target": m.target, "outcome": m.outcome,
+                       "downtime_s": (m.report or {}).get("downtime_s"), "error": m.error} for m in plan.moves]}
+
+
+def fleet_section(inv: Inventory) -> dict[str, Any]:
+    """Drain throughput (see the module's docstring)."""
+    from migrator import fleet
+    from migrator import hosts as hosts_mod
+
+    hs = [Host(inv.host(n)) for n in ("lab1", "lab2", "lab3")]
+    out: dict[str, Any] = {"containers": FLEET_N, "keys": FLEET_KEYS, "placement_1000_hosts_s": placement_seconds()}
+
+    def fresh() -> None:
+        _fleet_clean(hs)
+        for h in hs:
+            hosts_mod.uncordon(h)
+        _fleet_start(hs[0], FLEET_N)
+        subprocess.run(["sync"], check=True)
+
+    try:
+        fresh()
+        singles = []
+        for i in range(FLEET_SINGLES):  # there and back: lab1 -> lab2 -> lab1
+            src, dst = ("lab1", "lab2") if i % 2 == 0 else ("lab2", "lab1")
+            rep = Migration(inv, f"fleet{i // 2}", src, dst).run()
+            singles.append({"total_s": rep.total_s, "downtime_s": rep.downtime_s})
+        out["single"] = {"total_s": statistics.median(r["total_s"] for r in singles),
+                         "downtime_s": statistics.median(r["downtime_s"] for r in singles), "runs": singles}
+        print(f"[fleet] single migrate: {out['single']['total_s']:.2f} s, downtime {out['single']['downtime_s']:.2f} s",
+              flush=True)
+        for parallel in (1, 4):
+            fresh()
+            t0 = time.monotonic()
+            plan = fleet.drain(inv, "lab1", parallel=parallel)
+            out[f"parallel{parallel}"] = fig = _drain_figures(plan, time.monotonic() - t0)
+            ideal = out["single"]["total_s"] * FLEET_N / parallel
+            fig["vs_ideal"] = round(fig["seconds"] / ideal, 2)
+            print(f"[fleet] drain --parallel {parallel}: {fig['seconds']:.1f} s ({fig['vs_ideal']:.2f}x single x "
+                  f"{FLEET_N} / {parallel}), downtime median {fig['downtime_median_s']:.2f} s, {fig['outcomes']}",
+                  flush=True)
+        fresh()
+        cut: dict[str, str] = {}
+
+        def cut_one(container: str, ev: Event) -> None:
+            if ev.kind == "phase" and ev.phase == "freeze" and not cut:
+                cut[container] = "cut"
+                cut_link(inv, "lab1", container)
+
+        t0 = time.monotonic()
+        plan = fleet.plan_drain(inv, "lab1")
+        fleet.execute(inv, plan, 4, cut_one)
+        out["fault"] = fig = _drain_figures(plan, time.monotonic() - t0)
+        fig["cut"] = next(iter(cut), None)
+        print(f"[fleet] drain --parallel 4 with {fig['cut']}'s link cut: {fig['outcomes']}", flush=True)
+    finally:
+        _fleet_clean(hs)
+        for h in hs:
+            hosts_mod.uncordon(h)
+            h.close()
+    return out
+
+
+def placement_seconds(hosts_n: int = 1000, containers: int = 200, rounds: int = 5) -> float:
+    """`fleet.place` over generated facts: 1,000 hosts, 200 containers (median of rounds)."""
+    import random
+
+    from migrator import fleet
+
+    times = []
+    for seed in range(rounds):
+        rng = random.Random(seed)  # noqa: S311 - generated facts, not secrets
+        cands = [fleet.Candidate(f"h{i}", {"zone": rng.choice("abc")}, rng.random() > 0.05,
+                                 mem_available=rng.randrange(1, 256) << 28, disk_free=rng.randrange(1, 256) << 29)
+                 for i in range(hosts_n)]
+        wants = [fleet.Want(fleet.Move(f"c{i}", "src", None, memory=rng.randrange(1, 8192) << 20),
+                            {(rng.randrange(8000, 8100), "tcp")}, rng.choice(["", "zone==a", "zone!=b"]))
+                 for i in range(containers)]
+        t0 = time.perf_counter()
+        fleet.place(wants, cands)
+        times.append(time.perf_counter() - t0)
+    return round(statistics.median(times), 4)
+
+
+def fleet_lines(results: dict[str, Any]) -> str:
+    f = results.get("fleet")
+    if not f or "parallel4" not in f:
+        return ""
+    s, p1, p4 = f["single"], f["parallel1"], f["parallel4"]
+    rows = ["| run | seconds | vs single x N / P | downtime median (s) | vs single's | outcomes |",
+            "|---|---|---|---|---|---|",
+            f"| single migrate (median of {len(s['runs'])}) | {s['total_s']:.2f} | - | {s['downtime_s']:.2f} "
+            "| 1.00x | - |"]
+    for name, fig in (("drain --parallel 1", p1), ("drain --parallel 4", p4)):
+        rows.append(f"| {name} | {fig['seconds']:.1f} | {fig['vs_ideal']:.2f}x | {fig['downtime_median_s']:.2f} | "
+                    f"{fig['downtime_median_s'] / s['downtime_s']:.2f}x | {fig['outcomes']} |")
+    fault = f.get("fault")
+    if fault:
+        rows.append(f"| drain --parallel 4, {fault['cut']}'s link cut | {fault['seconds']:.1f} | - | "
+                    f"{fault['downtime_median_s'] or 0:.2f} | - | {fault['outcomes']} |")
+    rows.append(f"\nPlacement of 200 containers over 1,000 generated hosts (`fleet.place`): "
+                f"{f['placement_1000_hosts_s']:.3f} s (target < 1 s).")
+    return (f"\nDrain of {f['containers']} Redis containers ({f['keys']} keys each) off lab1 (targets "
+            "<= 1.5x of single x N / 4 at --parallel 4, downtime within 1.3x of a single move's):\n\n"
+            + "\n".join(rows) + "\n")
 
 
 CROSS_MIB = 256
@@ -426,12 +563,12 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / results["date"].replace(":", "")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    rounds = max(r["runs"] for r in summary(results))
+    rounds = max((r["runs"] for r in summary(results)), default=0)
     stem.with_suffix(".md").write_text(f"Benchmark {results['date']} ({results['cpus']} CPUs; median of {rounds} "
                                        f"run(s) per method and size)\n\n" + table(results)
                                        + "\nmigrator's phases inside the downtime (median time; median share of the "
                                        "machine's CPUs busy meanwhile, both lab hosts sharing them):\n\n"
-                                       + phase_table(results) + cross_line(results))
+                                       + phase_table(results) + cross_line(results) + fleet_lines(results))
     try:
         import matplotlib
 
@@ -463,8 +600,9 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="64,256,1024", help="MiB of Redis data, comma-separated")
-    ap.add_argument("--methods", default="seed,migrator,floor,podman,cross",
-                    help="cross: the same-version and the cross-version move, on a lab of its own")
+    ap.add_argument("--methods", default="seed,migrator,floor,podman,cross,fleet",
+                    help="cross: the same-version and the cross-version move, on a lab of its own; "
+                         "fleet: drain throughput")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--repeat", type=int, default=3, help="rounds of every method per size; the median is reported")
     args = ap.parse_args()

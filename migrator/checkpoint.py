@@ -21,7 +21,7 @@ from . import hosts, hostscripts, shell
 from .engine import Engine
 from .errors import CheckpointError, MigratorError, tail
 from .images import checkpoint_dir, in_tmpfs
-from .layout import RUNC_CONF, RUNC_LOCK, hold_dir, workdir
+from .layout import RUNC_CONF, RUNC_LOCK, hold_dir
 from .locks import MIGRATE_CRIU_OPTS, criu_argv, criu_result, criu_run
 from .probes import runtime_root
 from .transport import Host
@@ -35,14 +35,17 @@ def dump_argv(host: Host, container_id: str, img: str, *, root: str, leave_runni
     the processes frozen once the images are complete, in a process of its own on the host,
     and the argv returns then: `release` later commits (they die) or aborts (they resume)."""
     work = f"{os.path.dirname(img)}/criu-work"
+    held = hold_dir(hold[0]) if hold else ""
+    opts = [*MIGRATE_CRIU_OPTS, *([f"action-script {held}/post-dump"] if hold else [])]
     dump = hostscripts.argv(host, "dump.sh", "--img", img, "--work", work, "--container", container_id,
-                            "--root", root, *(["--leave-running"] if leave_running else []))
+                            "--root", root, *(["--leave-running"] if leave_running else []),
+                            *[w for o in opts for w in ("--opt", o)])
+    if not root:  # Docker's own checkpoint: it reads CRIU options from runc.conf only
+        dump = criu_argv(host, dump, opts)
     if hold is None:
-        return criu_argv(host, dump)
-    held = hold_dir(hold[0])
+        return dump
     return hostscripts.argv(host, "held.sh", "--hold", held, "--pid", hold[1], "--img", img,
-                            "--lock", RUNC_LOCK, "--conf", RUNC_CONF, "--",
-                            *criu_argv(host, dump, [*MIGRATE_CRIU_OPTS, f"action-script {held}/post-dump"]))
+                            "--lock", RUNC_LOCK, "--conf", RUNC_CONF, "--", *dump)
 
 
 def dump(host: Host, container_id: str, img: str, *, root: str, leave_running: bool = False,
@@ -134,12 +137,12 @@ def start_from_images(host: Host, engine: Engine, container_id: str, img: str, n
     restore-action.sh: clients are refused, not dropped, while it restores, and from the
     `published` host ports (TCP) while Docker sets the container up."""
     sizes = " ".join(f"{f}:{n}" for f, n in sorted((pages or {}).items()))
-    path = f"{workdir(name)}/restore-action" if action else ""
-    opts = [*(MIGRATE_CRIU_OPTS if options is None else options), *([f"action-script {path}"] if action else [])]
+    action_script = f"action-script {hostscripts.installed(host)}/restore-action.sh"
+    opts = [*(MIGRATE_CRIU_OPTS if options is None else options), *([action_script] if action else [])]
     restore = hostscripts.argv(
         host, "restore.sh", "--img", img, "--cpdir", checkpoint_dir(engine.docker_root, container_id, name),
         "--name", name, "--container", container_id, *(["--verify"] if verify else []), "--pages", sizes,
-        "--action", path, "--published", " ".join(map(str, published or [])), "--wait", wait,
+        *(["--action"] if action else []), "--published", " ".join(map(str, published or [])), "--wait", wait,
         *(["--at-create"] if hosts.restore_at_create(engine.server_version) else []), "--", *(ports or []))
     criu_run(host, f"restore of {container_id[:12]}", restore, opts)
 

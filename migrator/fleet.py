@@ -8,6 +8,7 @@ the others; each ends migrated, or rolled back and running on its source.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,8 @@ from .hosts import free_bytes, mem_info
 from .inventory import Inventory
 from .migrate import Event, Migration
 from .preflight import DISK_MARGIN, MEM_MARGIN
+from .probes import memory_usage
+from .shared import Shared
 from .transport import Host
 
 PIN_LABEL = "migrator.pin"
@@ -48,6 +51,7 @@ def satisfies(labels: dict[str, str], constraints: list[tuple[str, str, str]]) -
 
 @dataclass
 class Candidate:
+    """A possible target as placement sees it: its facts, and what the plan booked on it."""
     name: str
     labels: dict[str, str]
     usable: bool
@@ -57,6 +61,7 @@ class Candidate:
     ports: set[tuple[int, str]] = field(default_factory=set)
     planned: int = 0
     planned_mem: int = 0
+    planned_disk: int = 0
 
 
 @dataclass
@@ -73,17 +78,82 @@ class Move:
 
 
 @dataclass
+class Want:
+    """A container placement must find a target for."""
+    move: Move
+    ports: set[tuple[int, str]] = field(default_factory=set)
+    constraint: str = ""  # its migrator.constraint label
+
+
+@dataclass
 class Plan:
     source: str
     moves: list[Move]
     targets: list[dict[str, Any]]
+    seconds: float = 0.0  # how long carrying it out took
 
     @property
     def movable(self) -> list[Move]:
         return [m for m in self.moves if m.target]
 
+    def summary(self) -> dict[str, Any]:
+        """How many moves ended each way, and the longest downtime of those that moved."""
+        counts: dict[str, int] = {}
+        for m in self.moves:
+            counts[m.outcome] = counts.get(m.outcome, 0) + 1
+        downtimes = [float((m.report or {}).get("downtime_s") or 0) for m in self.moves if m.outcome == "migrated"]
+        return {"outcomes": counts, "seconds": self.seconds, "max_downtime_s": max(downtimes, default=0.0)}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "moves": [asdict(m) for m in self.moves], "targets": self.targets}
+        return {"source": self.source, "moves": [asdict(m) for m in self.moves], "targets": self.targets,
+                "summary": self.summary()}
+
+
+def _why_not(c: Candidate, w: Want, rules: list[tuple[str, str, str]]) -> str | None:
+    """Why `w` cannot go to `c` after what the plan booked there, or None when it fits."""
+    if not c.usable:
+        return c.why
+    if not satisfies(c.labels, rules):
+        return f"labels do not match {w.constraint}"
+    booked = " (after the moves planned there)" if c.planned else ""
+    if c.mem_available - c.planned_mem < w.move.memory * MEM_MARGIN:
+        return "not enough memory" + booked
+    if c.disk_free - c.planned_disk < w.move.memory * DISK_MARGIN:
+        return "not enough disk" + booked
+    if w.ports & c.ports:
+        return "port " + ", ".join(f"{p}/{proto}" for p, proto in sorted(w.ports & c.ports)) + " taken"
+    return None
+
+
+def place(wants: list[Want], cands: list[Candidate]) -> None:
+    """Give each wanted container a target, or the reason it has none (every candidate's):
+    not cordoned, reachable, room for its memory and checkpoint after what the plan already
+    booked there, free ports, label rules honoured; the largest first, spread over the
+    candidates. A pure function of the facts: no host is asked anything."""
+    for w in sorted(wants, key=lambda w: -w.move.memory):
+        m = w.move
+        try:
+            rules = parse_constraints(w.constraint)
+        except MigratorError as ex:
+            m.reason = f"label {CONSTRAINT_LABEL}: {ex}"
+            continue
+        why: dict[str, str] = {}
+        fits = []
+        for c in cands:
+            reason = _why_not(c, w, rules)
+            if reason is None:
+                fits.append(c)
+            else:
+                why[c.name] = reason
+        if not fits:
+            m.reason = "no target: " + "; ".join(f"{k}: {v}" for k, v in why.items()) if why else "no targets"
+            continue
+        best = min(fits, key=lambda c: (c.planned, -(c.mem_available - c.planned_mem), c.name))
+        m.target = best.name
+        best.planned += 1
+        best.planned_mem += m.memory
+        best.planned_disk += int(m.memory * DISK_MARGIN)
+        best.ports |= w.ports
 
 
 def _candidate(inv: Inventory, name: str) -> Candidate:
@@ -108,76 +178,54 @@ def _candidate(inv: Inventory, name: str) -> Candidate:
 
 def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
                select: str | None = None) -> Plan:
-    """Where each running container of `source` goes: not cordoned, reachable, room for its
-    memory and checkpoint, free ports, label rules honoured, spread over the targets."""
+    """Where each running container of `source` goes (`place`, from the hosts' facts)."""
     inv.host(source)
     names = [inv.host(t).name for t in to] if to else [n for n in inv.hosts if n != source]
     names = [n for n in names if n != source]
     with ThreadPoolExecutor(max(1, min(8, len(names)))) as ex:
         cands = list(ex.map(lambda n: _candidate(inv, n), names))
     sel_key, _, sel_val = (select or "").partition("=")
-    moves: list[tuple[Move, Spec]] = []
+    moves: list[Move] = []
+    wants: list[Want] = []
     with Host(inv.host(source)) as h:
         engine = Engine(h)
+        specs = []
         for ct in engine.containers():
             info = engine.inspect(ct["Id"])
             if info is None:
                 continue
-            spec = Spec(info)
             labels = info["Config"].get("Labels") or {}
             if select and labels.get(sel_key) != sel_val:
                 continue
-            mem = int((engine.stats(spec.id).get("memory_stats") or {}).get("usage") or 0)
-            m = Move(spec.name, source, None, memory=mem)
-            if str(labels.get(PIN_LABEL, "")).lower() == "true":
-                m.pinned, m.outcome, m.reason = True, "stays", f"pinned ({PIN_LABEL}=true)"
-            moves.append((m, spec))
-    for m, spec in sorted(moves, key=lambda x: -x[0].memory):
-        if m.pinned:
-            continue
+            specs.append(Spec(info))
+        memory = memory_usage(h, engine, {spec.id: spec.pid for spec in specs})
+    for spec in specs:
         labels = spec.inspect["Config"].get("Labels") or {}
-        try:
-            rules = parse_constraints(labels.get(CONSTRAINT_LABEL, ""))
-        except MigratorError as ex:
-            m.reason = f"label {CONSTRAINT_LABEL}: {ex}"
+        m = Move(spec.name, source, None, memory=memory.get(spec.id, 0))
+        moves.append(m)
+        if str(labels.get(PIN_LABEL, "")).lower() == "true":
+            m.pinned, m.outcome, m.reason = True, "stays", f"pinned ({PIN_LABEL}=true)"
             continue
-        ports = {(p, proto) for _ip, p, proto in spec.published_ports()}
-        why: dict[str, str] = {}
-        fits = []
-        for c in cands:
-            if not c.usable:
-                why[c.name] = c.why
-            elif not satisfies(c.labels, rules):
-                why[c.name] = f"labels do not match {labels[CONSTRAINT_LABEL]}"
-            elif c.mem_available - c.planned_mem < m.memory * MEM_MARGIN:
-                why[c.name] = "not enough memory"
-            elif c.disk_free < m.memory * DISK_MARGIN:
-                why[c.name] = "not enough disk"
-            elif ports & c.ports:
-                why[c.name] = "port " + ", ".join(f"{p}/{proto}" for p, proto in sorted(ports & c.ports)) + " taken"
-            else:
-                fits.append(c)
-        if not fits:
-            m.reason = "no target: " + "; ".join(f"{k}: {v}" for k, v in why.items()) if why else "no targets"
-            continue
-        best = min(fits, key=lambda c: (c.planned, -(c.mem_available - c.planned_mem), c.name))
-        m.target = best.name
-        best.planned += 1
-        best.planned_mem += m.memory
-        best.ports |= ports
+        wants.append(Want(m, {(p, proto) for _ip, p, proto in spec.published_ports()},
+                          labels.get(CONSTRAINT_LABEL, "")))
+    place(wants, cands)
     targets = [{"name": c.name, "usable": c.usable, "why": c.why, "planned": c.planned} for c in cands]
-    return Plan(source, [m for m, _ in moves], targets)
+    return Plan(source, sorted(moves, key=lambda m: -m.memory), targets)
 
 
 def execute(inv: Inventory, plan: Plan, parallel: int = 1,
-            events: Callable[[str, Event], None] | None = None) -> list[Move]:
-    """Run the plan's moves, at most `parallel` at once. Every move ends with an outcome."""
+            events: Callable[[str, Event], None] | None = None, frozen: int = 1) -> list[Move]:
+    """Run the plan's moves, at most `parallel` at once and `frozen` of them in their freeze
+    window, sharing what is the same for all of them (`Shared`). Every move ends with an
+    outcome, told as an "end" event."""
+    shared = Shared(frozen)
+    t0 = time.monotonic()
 
     def one(m: Move) -> Move:
         assert m.target
         try:
-            mig = Migration(inv, m.container, m.source, m.target,
-                            events=(lambda evacuation: events(m.container, evacuation)) if events else None)
+            mig = Migration(inv, m.container, m.source, m.target, shared=shared,
+                            events=(lambda ev: events(m.container, ev)) if events else None)
             m.report = mig.run().to_dict()
             m.outcome = "migrated"
         except MigratorError as ex:
@@ -185,6 +233,11 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
             rep = ex.report
             m.report = rep.to_dict() if rep is not None and hasattr(rep, "to_dict") else None
             m.outcome = (m.report or {}).get("status") or "failed"
+        if events:
+            rep = m.report or {}
+            said = (f"in {rep.get('total_s', 0):.1f} s, downtime {rep.get('downtime_s', 0):.2f} s"
+                    if m.outcome == "migrated" else m.error or "")
+            events(m.container, Event("end", m.outcome, f"{m.source} -> {m.target}: {m.outcome} {said}".rstrip()))
         return m
 
     with ThreadPoolExecutor(max(1, parallel)) as ex:
@@ -192,11 +245,12 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
     for m in plan.moves:
         if not m.target and not m.pinned:
             m.outcome = "stays"
+    plan.seconds = round(time.monotonic() - t0, 3)
     return plan.moves
 
 
 def drain(inv: Inventory, source: str, *, to: list[str] | None = None, select: str | None = None,
-          parallel: int = 1, dry_run: bool = False,
+          parallel: int = 1, dry_run: bool = False, frozen: int = 1,
           events: Callable[[str, Event], None] | None = None, reason: str = "drain") -> Plan:
     plan = plan_drain(inv, source, to, select)
     unplaced = [m for m in plan.moves if not m.target and not m.pinned]
@@ -208,7 +262,7 @@ def drain(inv: Inventory, source: str, *, to: list[str] | None = None, select: s
         return plan
     with Host(inv.host(source)) as h:
         hosts.cordon(h, reason)
-    execute(inv, plan, parallel, events)
+    execute(inv, plan, parallel, events, frozen)
     return plan
 
 

@@ -27,6 +27,7 @@ from .inventory import Inventory
 from .locks import criu_result, owner, take_lock
 from .probes import answers, memory_sample, open_ports, runtime_root, upper_dir
 from .rollback import Sides
+from .shared import Shared, once
 from .transfer import Link, image_there, open_link, ship_image, tar_job, worth_compressing
 from .transport import Host
 
@@ -80,7 +81,8 @@ def new_id() -> str:
 # --- the migration ------------------------------------------------------------------------
 class Migration:
     def __init__(self, inv: Inventory, container: str, source: str, target: str, *,
-                 keep_source: bool = False, relay: bool = False, events: Events | None = None) -> None:
+                 keep_source: bool = False, relay: bool = False, events: Events | None = None,
+                 shared: Shared | None = None) -> None:
         self.inv = inv
         self.container = validate_name(container)
         if source == target:
@@ -90,6 +92,7 @@ class Migration:
         self.keep_source = keep_source
         self.relay_only = relay
         self.emit = events or (lambda _e: None)
+        self.shared = shared  # what a batch of moves (a drain) asks once for all of them
         self.migration_id = new_id()
         self.report = MigrationReport(self.migration_id, self.container, source, target)
         self.entry: journal.Entry | None = None
@@ -160,7 +163,7 @@ class Migration:
             with self.phase("preflight"):
                 source_workdir = make_workdir(self.src, self.migration_id)
                 target_workdir = make_workdir(self.dst, self.migration_id)
-                checks = preflight.run(self.src, self.dst, spec, source_workdir, target_workdir)
+                checks = preflight.run(self.src, self.dst, spec, source_workdir, target_workdir, self.shared)
                 self.memory = checks.memory_bytes
                 self.report.preflight = [asdict(c) for c in checks.checks]
                 if checks.failures:
@@ -180,9 +183,10 @@ class Migration:
         t_freeze = 0.0
         try:
             self._presync(spec, source_engine, target_engine, source_workdir)
-            t_freeze = time.monotonic()
-            self._move(spec, source_engine, target_engine)
-            self.report.downtime_s = round(time.monotonic() - t_freeze, 3)
+            with self.shared.window() if self.shared else contextlib.nullcontext():
+                t_freeze = time.monotonic()
+                self._move(spec, source_engine, target_engine)
+                self.report.downtime_s = round(time.monotonic() - t_freeze, 3)
             with self.phase("verify"):  # once more, through Docker: it runs and answers
                 if not answers(self.dst, target_engine, spec.name, self.entry.ports, timeout=30):
                     raise MigratorError(f"{self.dst.name}: {spec.name} started but does not answer")
@@ -190,6 +194,8 @@ class Migration:
             self.emit(Event("warn", "rollback", f"{ex}; rolling back"))
             with self.phase("rollback"):
                 back, left = sides.roll_back()
+            if t_freeze:  # frozen from then until the rollback gave it back (or for good)
+                self.report.downtime_s = round(time.monotonic() - t_freeze, 3)
             return self._failed(ex, left, back, sides.restored)
         with self.phase("cleanup"):
             self.report.warnings += sides.finish()
@@ -205,15 +211,21 @@ class Migration:
             self.report.transfer = "direct" if link.direct else "relay"
             if link.direct:  # compress the pages when it pays: from the link's speed and a sample
                 sample = memory_sample(self.src, spec.pid)
-                self.compress = worth_compressing(*sample, link.measure()) if sample else True
+                bps = once(self.shared, ("link", self.src.name, self.dst.name), link.measure) if sample else 0.0
+                self.compress = worth_compressing(*sample, bps) if sample else True
             self.emit(Event("info", "presync", f"transfer {self.report.transfer}, pages "
                             + ("compressed" if self.compress else "not compressed (they do not shrink, or the "
                                "link outruns the compressor)")))
-            if not image_there(source_engine, target_engine, spec.image_id, spec.image_ref):
+
+            def ship() -> None:  # once per image and target in a batch: the others wait for it
+                if image_there(source_engine, target_engine, spec.image_id, spec.image_ref):
+                    return
                 self.record(kind="image", id=spec.image_id)
                 phase.bytes += ship_image(link, source_engine, target_engine, spec.image_id, spec.image_ref,
                                           self._progress("presync"))
                 self.emit(Event("info", "presync", f"shipped image {spec.image_ref}"))
+
+            once(self.shared, ("image", self.dst.name, spec.image_id), ship)
             for m in spec.named_volumes():
                 name = m["Name"]
                 vol = source_engine.volume_inspect(name) or {}

@@ -9,7 +9,8 @@ from . import hosts
 from .container import Spec
 from .engine import Engine
 from .errors import MigratorError, tail
-from .probes import upper_dir
+from .probes import memory_usage, upper_dir
+from .shared import Shared, once
 from .transfer import same_image
 from .transport import Host
 
@@ -65,15 +66,15 @@ def restore_refusal(host: Host, version: str, spec: Spec) -> str | None:
     return None
 
 
-def check_host(checks: Preflight, host: Host, engine: Engine, tools: list[str]) -> dict | None:
-    """The checks one host needs whatever its role; returns docker info when reachable."""
-    n = host.name
+def check_host(host: Host, engine: Engine, tools: list[str]) -> tuple[list[Check], dict | None]:
+    """The checks one host needs whatever its role, and docker info when reachable."""
+    n, checks = host.name, Preflight()
     try:
         info = engine.info()
         version = engine.version()
     except MigratorError as ex:
         checks.add(n, "docker", False, f"{ex} (start dockerd, check the SSH user may use docker)")
-        return None
+        return checks.checks, None
     checks.add(n, "docker experimental", bool(version.get("Experimental")),
            'checkpoints need `"experimental": true` in /etc/docker/daemon.json; restart dockerd')
     store = hosts.storage(info)
@@ -89,16 +90,36 @@ def check_host(checks: Preflight, host: Host, engine: Engine, tools: list[str]) 
     missing = host.run(["bash", "-c", 'for t; do command -v "$t" >/dev/null || echo "$t"; done', "_",
                         *tools], check=False).stdout.split()
     checks.add(n, "tools", not missing, f"missing {', '.join(missing)}; install them")
-    return info
+    return checks.checks, info
 
 
-def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: str) -> Preflight:
+def cpu_compatible(src: Host, dst: Host, source_workdir: str, target_workdir: str) -> list[Check]:
+    """What the process may use of the source's CPU exists on the target's."""
+    checks, s, t = Preflight(), src.name, dst.name
+    r = src.run(["bash", "-c", 'umask 077; exec criu cpuinfo dump -D "$1"', "_", source_workdir], check=False)
+    if checks.add(s, "criu cpuinfo dump", r.ok, tail(r.stderr, 2, 200)):
+        dst.put(src.get(f"{source_workdir}/cpuinfo.img"), f"{target_workdir}/cpuinfo.img")
+        r = dst.run(["criu", "cpuinfo", "check", "-D", target_workdir], check=False)
+        checks.add(t, "cpu compatible", r.ok, f"CPU lacks features the process may use on {s}: "
+                   f"{tail(r.stderr, 2, 200)}; pick a target with the same CPU")
+    return checks.checks
+
+
+def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: str,
+        shared: Shared | None = None) -> Preflight:
+    """Every check of moving `spec` from src to dst. With `shared` (a batch of moves), what
+    is the same for every move between two hosts is checked once for all of them."""
     checks = Preflight()
     source_engine, target_engine = Engine(src), Engine(dst)
+
+    def host_checks(host: Host, engine: Engine, tools: list[str]) -> tuple[list[Check], dict | None]:
+        return once(shared, ("host", host.name, tuple(tools)), lambda: check_host(host, engine, tools))
+
     with ThreadPoolExecutor(2) as pool:
-        source_checks = pool.submit(check_host, checks, src, source_engine, TOOLS + SOURCE_TOOLS)
-        target_checks = pool.submit(check_host, checks, dst, target_engine, TOOLS + TARGET_TOOLS)
-        source_info, target_info = source_checks.result(), target_checks.result()
+        source_checks = pool.submit(host_checks, src, source_engine, TOOLS + SOURCE_TOOLS)
+        target_checks = pool.submit(host_checks, dst, target_engine, TOOLS + TARGET_TOOLS)
+        (source_list, source_info), (target_list, target_info) = source_checks.result(), target_checks.result()
+    checks.checks += source_list + target_list
     if source_info is None or target_info is None:
         return checks
     s, t = src.name, dst.name
@@ -109,13 +130,7 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
     checks.add(t, "restore on this engine", refusal is None, refusal or "")
     checks.add(t, "architecture", source_info.get("Architecture") == target_info.get("Architecture"),
            f"{target_info.get('Architecture')} here, {source_info.get('Architecture')} on {s}")
-    # CPU features: what the process may use on the source must exist on the target.
-    r = src.run(["bash", "-c", 'umask 077; exec criu cpuinfo dump -D "$1"', "_", source_workdir], check=False)
-    if checks.add(s, "criu cpuinfo dump", r.ok, tail(r.stderr, 2, 200)):
-        dst.put(src.get(f"{source_workdir}/cpuinfo.img"), f"{target_workdir}/cpuinfo.img")
-        r = dst.run(["criu", "cpuinfo", "check", "-D", target_workdir], check=False)
-        checks.add(t, "cpu compatible", r.ok, f"CPU lacks features the process may use on {s}: "
-               f"{tail(r.stderr, 2, 200)}; pick a target with the same CPU")
+    checks.checks += once(shared, ("cpu", s, t), lambda: cpu_compatible(src, dst, source_workdir, target_workdir))
     # The container itself.
     config = spec.inspect["Config"]
     checks.add(s, "running", spec.running, f"{spec.name} is {spec.inspect['State'].get('Status')}; "
@@ -145,8 +160,7 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
         checks.add(t, f"port {port}/{proto}", user is None,
                f"in use ({user}); free it or pick another target")
     # Room for the process and the checkpoint.
-    stats = source_engine.stats(spec.id) if spec.running else {}
-    mem = int((stats.get("memory_stats") or {}).get("usage") or 0)
+    mem = memory_usage(src, source_engine, {spec.id: spec.pid})[spec.id] if spec.running else 0
     upper = upper_dir(src, spec.inspect)
     checks.add(s, "writable layer", upper is not None, f"cannot find the writable layer of {spec.name} on {s}; "
                "`docker inspect` there shows its GraphDriver")

@@ -177,7 +177,10 @@ class Host:
         ch = self._exec(cmd, timeout)
         try:
             if stdin is not None:
-                ch.sendall(stdin)
+                try:
+                    ch.sendall(stdin)
+                except OSError:  # the command ended, or closed its stdin, before reading it all:
+                    pass  # its exit status says how it went
             ch.shutdown_write()
             out, err = _drain(ch, timeout)
             rc = ch.recv_exit_status()

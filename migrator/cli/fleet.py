@@ -47,6 +47,8 @@ def drain_cmd(
     to: Annotated[str | None, typer.Option("--to", help="Targets, comma-separated (default: all).")] = None,
     select: Annotated[str | None, typer.Option("--select", help="Only containers with LABEL=VALUE.")] = None,
     parallel: Annotated[int, typer.Option("--parallel", help="Migrations at once.")] = 1,
+    frozen: Annotated[int, typer.Option(
+        "--frozen", help="Containers frozen at once (more: a shorter drain, longer downtimes).")] = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     as_json: AsJson = False,
 ) -> None:
@@ -55,7 +57,7 @@ def drain_cmd(
 
     try:
         plan = fleet.drain(load_inventory(), host, to=hosts_option(to), select=select, parallel=parallel,
-                           dry_run=dry_run, events=None if as_json else fleet_events)
+                           frozen=frozen, dry_run=dry_run, events=None if as_json else fleet_events)
     except MigratorError as ex:
         fail(ex)
     if as_json:

@@ -98,9 +98,10 @@ class Renderer:
 
 
 def fleet_events(container: str, ev: Any) -> None:
-    """A fleet operation's events: one line per phase of each container, as it moves."""
-    if ev.kind == "done":
-        err.print(f"  {container}: {ev.phase} done in {ev.message}", highlight=False)
+    """A fleet operation's events: one line per container as it ends its move, and warnings."""
+    if ev.kind == "end":
+        color = "green" if ev.phase == "migrated" else "red"
+        err.print(styled(color, f"  {container}:", f" {ev.message}"), highlight=False)
     elif ev.kind == "warn":
         err.print(styled("yellow", f"  {container}: {ev.message}"), highlight=False)
 
@@ -138,9 +139,17 @@ def preflight_table(rep: Any) -> Table:
 
 
 def plan_table(plan: Any, title: str) -> Table:
-    t = Table("container", "from", "to", "memory", "outcome", "why", title=title)
+    t = Table("container", "from", "to", "memory", "outcome", "seconds", "downtime", "why", title=title)
     for m in plan.moves:
-        t.add_row(m.container, m.source, m.target or "-", human(m.memory), m.outcome, m.error or m.reason or "")
+        rep = m.report or {}
+        ran = m.outcome not in ("planned", "stays")
+        t.add_row(m.container, m.source, m.target or "-", human(m.memory), m.outcome,
+                  f"{rep.get('total_s', 0):.1f}" if ran and rep else "-",
+                  f"{rep.get('downtime_s', 0):.2f}" if ran and rep else "-", m.error or m.reason or "")
+    summary = plan.summary()
+    if any(o != "planned" for o in summary["outcomes"]):
+        t.caption = (", ".join(f"{n} {o.replace('_', ' ')}" for o, n in sorted(summary["outcomes"].items()))
+                     + f" in {summary['seconds']:.1f} s; longest downtime {summary['max_downtime_s']:.2f} s")
     return t
 
 

@@ -5,20 +5,27 @@
 # Docker's runtime root (another exec-root), Docker's own checkpoint is the fallback.
 #
 #   dump.sh --img DIR --work DIR --container ID [--root RUNC_ROOT] [--leave-running]
+#           [--opt OPTION]...
+#
+# Through runc, the OPTIONs reach CRIU in a configuration file of this dump's own
+# (CRIU_CONFIG_FILE, which runc's CRIU inherits): runc.conf, which every CRIU run of the
+# host reads, is left alone, so dumps on one host need not wait for each other. Docker's
+# own checkpoint reads only runc.conf: run it under criu-run.sh, which puts them there.
 #
 # A held dump's post-dump step writes the MANIFEST itself (then it is left as it is).
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-root='' img='' work='' container='' leave_running=0
-parse root img work container leave-running! -- "$@"
+root='' img='' work='' container='' leave_running=0 opt=()
+parse root img work container leave-running! opt+ -- "$@"
 need img "$img"; need work "$work"; need container "$container"
 set -e
 umask 077; mkdir -p "$img" "$work"
 if [ -n "$root" ]; then
   args=(--root "$root" checkpoint --image-path "$img" --work-path "$work")
   [ "$leave_running" = 0 ] || args+=(--leave-running)
-  runc "${args[@]}" "$container" || { tail -5 "$work/dump.log" >&2 2>/dev/null; exit 1; }
+  printf '%s\n' "${opt[@]}" > "$work/criu.conf"
+  CRIU_CONFIG_FILE=$work/criu.conf runc "${args[@]}" "$container" || { tail -5 "$work/dump.log" >&2 2>/dev/null; exit 1; }
 else
   rmdir "$img"
   args=(--checkpoint-dir "$(dirname "$img")")

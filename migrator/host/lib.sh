@@ -49,12 +49,62 @@ lock_take() {
 # lock_owner DIR: who holds the lock DIR ('' while it is being taken, or when free).
 lock_owner() { cat "$1/owner" 2>/dev/null || true; }
 
-# put_back LOCK CONF: runc.conf (CONF) as it was before the holder of LOCK changed it, and
+# put_back LOCK CONF: runc.conf (CONF) as it was before the holders of LOCK changed it, and
 # the lock released.
 put_back() {
   if [ -e "$1/runc.conf.orig" ]; then mv -f "$1/runc.conf.orig" "$2"
   elif [ -e "$1/runc.conf.absent" ]; then rm -f "$2"; fi
   rm -rf "$1"
+}
+
+# The runc.conf hold. runc.conf is changed once for every holder that wants the same
+# options (LOCK/options, their text): each holder is a file LOCK/holders/PID, and the file
+# goes back when the last one leaves or is found dead. Joins and leaves are ordered by a
+# flock on LOCK's parent directory; a holder of other options is waited for.
+#
+# hold_join LOCK CONF PID OPTIONS: 0 when PID holds it with OPTIONS (runc.conf has them
+# after what it had), 1 when it is held with other options (their holders on stdout).
+hold_join() {
+  local lock=$1 conf=$2 pid=$3 want=$4 h live=0 rc=1
+  (umask 077; mkdir -p "${lock%/*}")
+  exec {_hold_fd}<"${lock%/*}"; flock "$_hold_fd"
+  for h in "$lock"/holders/*; do
+    [ -e "$h" ] || continue
+    if kill -0 "${h##*/}" 2>/dev/null; then live=1; else rm -f "$h"; fi
+  done
+  if [ -d "$lock" ] && [ "$live" = 0 ] && [ -d "$lock/holders" ]; then put_back "$lock" "$conf"; fi
+  if [ -d "$lock" ] && [ ! -d "$lock/holders" ]; then  # a migrator before shared holds: its owner
+    h=$(cat "$lock/owner" 2>/dev/null || true)
+    if [[ $h =~ ^[0-9]+$ ]] && ! kill -0 "$h" 2>/dev/null; then put_back "$lock" "$conf"; fi
+  fi
+  if [ ! -d "$lock" ]; then
+    (umask 077; mkdir -p "$lock/holders")
+    if [ -e "$conf" ]; then cp -p "$conf" "$lock/runc.conf.orig"; else : > "$lock/runc.conf.absent"; fi
+    printf '%s' "$want" > "$lock/options"
+    mkdir -p "${conf%/*}"
+    { [ ! -e "$lock/runc.conf.orig" ] || cat "$lock/runc.conf.orig"; printf '%s' "$want"; } > "$conf.new"
+    mv "$conf.new" "$conf"
+  fi
+  if [ -d "$lock/holders" ] && [ "$(cat "$lock/options" 2>/dev/null)" = "$(printf '%s' "$want")" ]; then
+    : > "$lock/holders/$pid"; rc=0
+  else
+    if [ -d "$lock/holders" ]; then (cd "$lock/holders" && printf '%s ' *); else cat "$lock/owner" 2>/dev/null || :; fi
+  fi
+  exec {_hold_fd}>&-
+  return "$rc"
+}
+
+# hold_leave LOCK CONF PID: PID holds it no more; runc.conf back when no holder is left.
+hold_leave() {
+  local lock=$1 conf=$2 pid=$3 h
+  [ -d "$lock/holders" ] || return 0
+  exec {_hold_fd}<"${lock%/*}"; flock "$_hold_fd"
+  rm -f "$lock/holders/$pid"
+  for h in "$lock"/holders/*; do
+    if [ -e "$h" ] && kill -0 "${h##*/}" 2>/dev/null; then exec {_hold_fd}>&-; return 0; fi
+  done
+  [ ! -d "$lock/holders" ] || put_back "$lock" "$conf"
+  exec {_hold_fd}>&-
 }
 
 # manifest DIR: a CRC line per regular file of DIR, on stdout (pages CRIU wrote into a pipe

@@ -21,7 +21,7 @@ img=$(cat "$hold/img")
 chmod -R go-rwx "$img"; manifest "$img" > "$img/MANIFEST"
 # runc.conf back as it was, and its lock free, for the length of the hold (when criu-run.sh
 # of this dump still holds it)
-[ -z "${CRIU_RUN_PID:-}" ] || [ "$(lock_owner "$lock")" != "$CRIU_RUN_PID" ] || put_back "$lock" "$conf"
+[ -z "${CRIU_RUN_PID:-}" ] || hold_leave "$lock" "$conf" "$CRIU_RUN_PID"
 : > "$hold/dumped"
 # Clients get a TCP reset here from now on, as if the source were gone, so they turn to the
 # target at once; CRIU's own unlock, on abort, flushes these with its chain.

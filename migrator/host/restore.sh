@@ -6,21 +6,23 @@
 # would point inside the container).
 #
 #   restore.sh --img DIR --cpdir DIR --name CHECKPOINT --container ID [--verify]
-#              [--pages "FILE:SIZE ..."] [--action PATH] [--published "PORT ..."]
+#              [--pages "FILE:SIZE ..."] [--action] [--published "PORT ..."]
 #              [--wait SECONDS] [--at-create] [-- PORT...]
 #
 # --verify: IMG must match its MANIFEST; --pages: the pages files must have these sizes.
 # --at-create (Docker 28 and newer): the images are not given to Docker but to migrator's
 # runc wrapper (runc-wrapper.sh), which restores them at the `runc create` of a plain
-# `docker start`. --action: CRIU's action script goes there (restore-action.sh, with the PUBLISHED host
-# ports guarded until the container's network is up). Returns once the container accepts
+# `docker start`. --action: CRIU runs restore-action.sh (runc.conf names it, the same for
+# every restore, so concurrent restores share one change of runc.conf): it finds this
+# restore's PUBLISHED host ports, guarded until the container's network is up, in the
+# images it restores (migrator-restore, written here). Returns once the container accepts
 # connections on each PORT (fails after --wait, default 30 s). What a restore leaves is
 # removed when this ends, whether it started the container or not.
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-img='' cpdir='' name='' container='' verify=0 pages='' action='' published='' wait=30 at_create=0
-parse img cpdir name container verify! pages action published wait at-create! -- "$@"
+img='' cpdir='' name='' container='' verify=0 pages='' action=0 published='' wait=30 at_create=0
+parse img cpdir name container verify! pages action! published wait at-create! -- "$@"
 set -- "${REST[@]}"
 need img "$img"; need cpdir "$cpdir"; need name "$name"; need container "$container"
 read -ra guarded <<< "$published"
@@ -29,14 +31,14 @@ set -e
 check_pages "$img" "$pages"
 up=$(printf '../%.0s' $(seq 30))
 # Docker's checkpoint dir, containerd's copy of it in its /tmp (it has our links to the
-# pages), the action script and its guard (CRIU's action ends that as soon as it can).
+# pages), the action's facts and its guard (CRIU's action ends that as soon as it can).
 mark=/var/lib/migrator/restore-at-create/$container
 leftovers() {
-  rm -rf "$cpdir" "$mark"
+  rm -rf "$cpdir" "$mark" "$img/migrator-restore"
   for l in /tmp/ctrd-checkpoint*/pages-*.img; do
     [ -L "$l" ] && [ "$(readlink "$l")" = "$up${img#/}/${l##*/}" ] && rm -rf "${l%/*}"
   done
-  [ -z "$action" ] || { guard -D "${guarded[@]}"; rm -f "$action"; rmdir "${action%/*}" 2>/dev/null || :; }
+  [ "$action" = 0 ] || guard -D "${guarded[@]}"
   return 0
 }
 trap leftovers EXIT
@@ -50,13 +52,11 @@ else
   find "$img" -maxdepth 1 -type f ! -name 'pages-*.img' ! -name MANIFEST -exec cp -p -t "$cpdir" {} +
   start=(docker start --checkpoint "$name" "$container")
 fi
-if [ -n "$action" ]; then
-  mkdir -p "${action%/*}"
-  # CRIU runs it at every step of the restore: only two of them start the script
-  # shellcheck disable=SC2016  # the action script's own variable, expanded when CRIU runs it
-  printf '#!/bin/bash\ncase ${CRTOOLS_SCRIPT_ACTION:-} in post-setup-namespaces|network-unlock) ;; *) exit 0 ;; esac\nexec bash %q --published %q\n' \
-    "${BASH_SOURCE[0]%/*}/restore-action.sh" "$published" > "$action"
-  chmod 0700 "$action"
+if [ "$action" = 1 ]; then
+  # in the directory CRIU restores from: Docker's checkpoint dir (containerd copies it
+  # whole), or at create, the images themselves
+  if [ "$at_create" = 1 ]; then facts=$img; else facts=$cpdir; fi
+  printf '%s\n' "$published" > "$facts/migrator-restore"
   guard -I "${guarded[@]}"
 fi
 # prepare.sh's reserve: the restored process gets its memory. Freed while Docker sets up

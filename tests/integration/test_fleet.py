@@ -8,7 +8,11 @@ import subprocess
 
 from conftest import MIGRATOR, ROOT, LabHost, check_all, fill, run_cli
 
+from migrator import fleet
+from migrator.inventory import Inventory
 from migrator.lab import Lab
+from migrator.lab.faults import cut_link
+from migrator.migrate import Event
 from migrator.transport import wait_for
 
 INV = ["-i", str(ROOT / "inventory" / "lab.yaml")]
@@ -49,6 +53,7 @@ def test_drain_spreads_keeps_data_and_reports_pinned(hosts: dict[str, LabHost]) 
     r = run_cli("drain", "lab1", "--parallel", "2", "--json")
     assert r.returncode == 0, r.stderr
     res = {m["container"]: m for m in json.loads(r.stdout)["moves"]}
+    assert json.loads(r.stdout)["summary"]["outcomes"] == {"migrated": 4, "stays": 1}
     assert res["pinned"]["outcome"] == "stays" and "pinned" in res["pinned"]["reason"]
     assert a.running() == ["pinned"]
     for i in range(4):
@@ -58,6 +63,47 @@ def test_drain_spreads_keeps_data_and_reports_pinned(hosts: dict[str, LabHost]) 
         check_all(hosts[host].redis(7000 + i), 2_000, prefix=f"db{i}")
     assert json.loads(run_cli("hosts", "--json").stdout)[0]["cordoned"]
     assert run_cli("uncordon", "lab1").returncode == 0
+
+
+def test_a_parallel_drain_with_one_link_cut_rolls_back_that_one_only(hosts: dict[str, LabHost],
+                                                                      inv: Inventory) -> None:
+    """Five containers drained three at a time; the first to freeze loses its link (its key
+    and SSH master, nobody else's): it rolls back onto lab1 with its data and its frozen
+    time counted as downtime, the four others move, each ends with one line, and the
+    targets' runc.conf (restores on them overlapped) is back byte for byte."""
+    a = hosts["lab1"]
+    for i in range(5):
+        start(a, f"p{i}", 7100 + i)
+    own = "# the operator's own\n"
+    for n in ("lab2", "lab3"):
+        hosts[n].sh("bash", "-c", 'mkdir -p /etc/criu && printf "%s" "$1" > /etc/criu/runc.conf', "_", own)
+    cut: dict[str, str] = {}
+    seen: list[tuple[str, Event]] = []
+
+    def events(container: str, ev: Event) -> None:
+        seen.append((container, ev))
+        if ev.kind == "phase" and ev.phase == "freeze" and not cut:
+            cut[container] = cut_link(inv, "lab1", container)
+
+    plan = fleet.drain(inv, "lab1", parallel=3, events=events)
+    [victim] = cut
+    moves = {m.container: m for m in plan.moves}
+    assert moves[victim].outcome == "rolled_back", moves[victim].error
+    assert all(m.outcome == "migrated" for c, m in moves.items() if c != victim), {
+        c: m.error for c, m in moves.items()}
+    assert float((moves[victim].report or {}).get("downtime_s") or 0) > 0  # it was frozen, then given back
+    assert plan.summary()["outcomes"] == {"migrated": 4, "rolled_back": 1}
+    ends = sorted((c, ev.phase) for c, ev in seen if ev.kind == "end")
+    assert ends == sorted((c, m.outcome) for c, m in moves.items())
+    for i in range(5):
+        name = f"p{i}"
+        assert where(hosts, name) == ["lab1" if name == victim else moves[name].target]
+        [host] = where(hosts, name)
+        check_all(hosts[host].redis(7100 + i), 2_000, prefix=name)
+    for n in ("lab2", "lab3"):
+        assert hosts[n].sh("cat", "/etc/criu/runc.conf") == own
+        assert hosts[n].sh("bash", "-c", "ls -A /var/lib/migrator/locks").strip() == ""
+    run_cli("uncordon", "lab1")
 
 
 def test_unsatisfiable_constraint_plan_says_so_drain_exits_3(hosts: dict[str, LabHost]) -> None:

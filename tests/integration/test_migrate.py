@@ -201,8 +201,8 @@ def test_target_dockerd_dies_source_comes_back(hosts: dict[str, LabHost], inv: I
 def test_source_is_held_frozen_and_refusing_until_the_target_answers(hosts: dict[str, LabHost],
                                                                       inv: Inventory) -> None:
     """Between the dump and the verdict the source's process still exists, frozen (CRIU's
-    post-dump hold), its address refuses connections at once, and runc.conf is back as it
-    was (other dumps on that host need not wait for the hold); after the commit the process
+    post-dump hold), its address refuses connections at once, and runc.conf was left as it
+    was (the dump's CRIU options are in a file of its own); after the commit the process
     is gone. (The rollback side, the process resuming, is what the fault tests check.)"""
     a, b = hosts["lab1"], hosts["lab2"]
     fill(start_redis(a), 5_000)
@@ -216,7 +216,10 @@ def test_source_is_held_frozen_and_refusing_until_the_target_answers(hosts: dict
             # wait out its own 100 ms freezer poll (the first state it logs is a frozen one)
             seen["freezer"] = a.sh("bash", "-c", "grep -m1 -E '^\\([0-9.]+\\) (freezer\\.state|cgroup\\.freeze)=' "
                                    "/dev/shm/migrator/mig-*/criu-work/dump.log | cut -d' ' -f2").strip()
-            # runc.conf is back as it was and free for other dumps on the host during the hold
+            # the dump's CRIU options came from a file of its own (dumps on one host need not
+            # wait for each other); runc.conf was never changed for it
+            seen["config"] = a.sh("bash", "-c", "grep -c -E 'Parsing config file /dev/shm/migrator/mig-[^/]+/"
+                                  "criu-work/criu.conf' /dev/shm/migrator/mig-*/criu-work/dump.log").strip()
             seen["runc.conf"] = a.sh("bash", "-c", "cat /etc/criu/runc.conf 2>/dev/null; "
                                      "ls /var/lib/migrator/locks/runc-conf 2>/dev/null; true").strip()
             t0 = time.monotonic()
@@ -233,7 +236,7 @@ def test_source_is_held_frozen_and_refusing_until_the_target_answers(hosts: dict
     assert rep.status == "migrated"
     assert seen["alive"] is True, seen  # held, not killed by the dump
     assert seen["freezer"] in ("freezer.state=FROZEN", "cgroup.freeze=1"), seen
-    assert seen["runc.conf"] == "", seen
+    assert seen["runc.conf"] == "" and seen["config"] == "1", seen
     assert seen["connect"] == "refused" and float(str(seen["connect_s"])) < 1, seen
     assert not a.host.ok(["test", "-e", f"/proc/{pid}"]), "committed: the source's process is gone"
     assert not any(b.leftovers().values()), b.leftovers()  # containerd's copy of the checkpoint too

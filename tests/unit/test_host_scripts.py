@@ -93,12 +93,11 @@ def _dead_pid() -> int:
 def test_criu_run_adds_options_for_the_command_only(tmp_path: Path) -> None:
     lock, conf = tmp_path / "locks" / "runc-conf", tmp_path / "criu" / "runc.conf"
     r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--opt", "tcp-close", "--opt", "skip-in-flight",
-               "--", "bash", "-c", 'cat "$1"; cat "$2/owner"; echo " $CRIU_RUN_PID"', "_", conf, lock)
+               "--", "bash", "-c", 'cat "$1"; ls "$2/holders"; echo "$CRIU_RUN_PID"', "_", conf, lock)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[:2] == ["tcp-close", "skip-in-flight"]
-    owner, run_pid = lines[2].split()
-    assert owner == run_pid
+    assert lines[2] == lines[3]  # the holder is criu-run.sh, as the command is told
     assert not conf.exists() and not lock.exists()  # it had no runc.conf: none again
 
     conf.write_text("log-level 4\n")
@@ -110,7 +109,57 @@ def test_criu_run_adds_options_for_the_command_only(tmp_path: Path) -> None:
     assert r.returncode == 1 and conf.read_text() == "log-level 4\n"  # the command's status, the file back
 
 
-def test_criu_run_takes_over_a_dead_holders_lock_after_putting_its_file_back(tmp_path: Path) -> None:
+def _criu_run_bg(lock: Path, conf: Path, opt: str, out: Path, seconds: float) -> subprocess.Popen[str]:
+    """criu-run.sh of a command that says when it starts and ends, `seconds` apart."""
+    cmd = (f'echo "start $(date +%s.%N) $(cat "$1" | tr "\\n" " ")" >> "$2"; sleep {seconds}; '
+           'echo "end $(date +%s.%N)" >> "$2"')
+    return subprocess.Popen(["bash", str(HERE / "criu-run.sh"), "--lock", str(lock), "--conf", str(conf),
+                             "--opt", opt, "--", "bash", "-c", cmd, "_", str(conf), str(out)], text=True,
+                            stderr=subprocess.PIPE)
+
+
+def test_commands_wanting_the_same_options_share_one_change_and_the_last_puts_it_back(tmp_path: Path) -> None:
+    lock, conf = tmp_path / "runc-conf", tmp_path / "runc.conf"
+    conf.write_text("mine\n")
+    outs = [tmp_path / f"out{i}" for i in range(3)]
+    procs = [_criu_run_bg(lock, conf, "tcp-close", o, s) for o, s in zip(outs, (1.5, 0.5, 1.0), strict=True)]
+    assert all(p.wait(20) == 0 for p in procs), [p.stderr.read() for p in procs if p.stderr]
+    runs = [o.read_text().split("\n") for o in outs]
+    starts = [float(r[0].split()[1]) for r in runs]
+    ends = [float(r[1].split()[1]) for r in runs]
+    assert max(starts) < min(ends)  # all three ran at once
+    assert all(r[0].split(maxsplit=2)[2] == "mine tcp-close " for r in runs)  # the options added once
+    assert conf.read_text() == "mine\n" and not lock.exists()
+
+
+def test_other_options_wait_for_the_holders_to_leave(tmp_path: Path) -> None:
+    lock, conf = tmp_path / "runc-conf", tmp_path / "runc.conf"
+    a, b = tmp_path / "a", tmp_path / "b"
+    first = _criu_run_bg(lock, conf, "tcp-close", a, 1.0)
+    deadline = time.monotonic() + 10
+    while not a.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = _criu_run_bg(lock, conf, "tcp-established", b, 0.1)
+    assert first.wait(20) == 0 and second.wait(20) == 0
+    assert float(b.read_text().split()[1]) >= float(a.read_text().split("\n")[1].split()[1])
+    assert b.read_text().split("\n")[0].split(maxsplit=2)[2] == "tcp-established "
+    assert not conf.exists() and not lock.exists()
+
+
+def test_criu_run_drops_dead_holders_and_puts_their_file_back(tmp_path: Path) -> None:
+    lock, conf = tmp_path / "runc-conf", tmp_path / "runc.conf"
+    (lock / "holders").mkdir(parents=True)
+    (lock / "holders" / str(_dead_pid())).write_text("")
+    (lock / "options").write_text("tcp-established\n")
+    (lock / "runc.conf.orig").write_text("mine\n")
+    conf.write_text("mine\ntcp-established\n")
+    r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--opt", "tcp-close", "--", "cat", conf)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "mine\ntcp-close\n"
+    assert conf.read_text() == "mine\n" and not lock.exists()
+
+
+def test_criu_run_takes_over_a_dead_holders_lock_of_an_older_migrator(tmp_path: Path) -> None:
     lock, conf = tmp_path / "runc-conf", tmp_path / "runc.conf"
     lock.mkdir()
     (lock / "owner").write_text(str(_dead_pid()))
@@ -122,15 +171,21 @@ def test_criu_run_takes_over_a_dead_holders_lock_after_putting_its_file_back(tmp
     assert conf.read_text() == "mine\n" and not lock.exists()
 
 
-def test_criu_run_waits_for_a_live_holder_then_says_who(tmp_path: Path) -> None:
+@pytest.mark.parametrize("older", [False, True])
+def test_criu_run_waits_for_a_live_holder_then_says_who(tmp_path: Path, older: bool) -> None:
     lock, conf = tmp_path / "runc-conf", tmp_path / "runc.conf"
     lock.mkdir()
-    (lock / "owner").write_text(str(os.getpid()))
+    if older:
+        (lock / "owner").write_text(str(os.getpid()))
+    else:
+        (lock / "holders").mkdir()
+        (lock / "holders" / str(os.getpid())).write_text("")
+        (lock / "options").write_text("tcp-established\n")
     t0 = time.monotonic()
-    r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--wait", 2, "--", "true")
+    r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--wait", 2, "--opt", "tcp-close", "--", "true")
     assert r.returncode == 75 and f"is held by pid {os.getpid()}" in r.stderr
     assert time.monotonic() - t0 >= 1  # bash counts whole seconds: 2 of them last at least 1
-    assert (lock / "owner").read_text() == str(os.getpid()) and not conf.exists()  # not touched
+    assert not conf.exists() and lock.is_dir()  # not touched
 
 
 def test_the_container_lock_is_taken_over_only_from_the_owner_named(tmp_path: Path) -> None:
@@ -388,3 +443,41 @@ def test_authorized_keys_made_when_missing_and_removing_from_none_is_fine(tmp_pa
     assert _keys(home, "add", "--line", "ssh-ed25519 K migrator-transfer-x").returncode == 0
     keys = home / ".ssh" / "authorized_keys"
     assert keys.read_text() == "ssh-ed25519 K migrator-transfer-x\n" and oct(keys.stat().st_mode & 0o777) == "0o600"
+
+
+# --- dump.sh: its CRIU options in a file of its own, runc.conf untouched ------------------------
+def test_a_dump_through_runc_gives_criu_its_own_options_file(tmp_path: Path) -> None:
+    bin_dir, img, work = tmp_path / "bin", tmp_path / "img", tmp_path / "work"
+    bin_dir.mkdir()
+    fake = bin_dir / "runc"  # stands in for runc: CRIU would read CRIU_CONFIG_FILE
+    fake.write_text('#!/bin/bash\nimg=$5\ncp "$CRIU_CONFIG_FILE" "$img/core-1.img"\necho "$*" > "$img/args"\n')
+    fake.chmod(0o755)
+    r = script("dump.sh", "--img", img, "--work", work, "--container", "abc", "--root", "/run/x",
+               "--opt", "tcp-close", "--opt", "action-script /h/post-dump",
+               env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr
+    assert (img / "core-1.img").read_text() == "tcp-close\naction-script /h/post-dump\n"
+    assert (img / "args").read_text().split() == ["--root", "/run/x", "checkpoint", "--image-path", str(img),
+                                                 "--work-path", str(work), "abc"]
+    assert oct((work / "criu.conf").stat().st_mode & 0o777) == "0o600"
+    assert script("manifest.sh", "--dir", img, "--verify").returncode == 0
+
+
+def test_restore_action_acts_only_in_migrators_restores(tmp_path: Path) -> None:
+    """Every restore on the host runs it while runc.conf names it: one whose images lack
+    migrator-restore (not ours) is left alone, as is every step but two of ours."""
+    imgs, bin_dir, calls = tmp_path / "img", tmp_path / "bin", tmp_path / "calls"
+    imgs.mkdir()
+    bin_dir.mkdir()
+    for tool in ("nsenter", "iptables", "ip"):  # what its two steps run: here they only say so
+        (bin_dir / tool).write_text(f'#!/bin/bash\necho "{tool} $*" >> {shlex.quote(str(calls))}\n')
+        (bin_dir / tool).chmod(0o755)
+    env = {"CRTOOLS_INIT_PID": DEAD_PID, "CRTOOLS_IMAGE_DIR": str(imgs), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for ours in (False, True):
+        if ours:
+            (imgs / "migrator-restore").write_text("8080 8443\n")
+        for action in ("post-setup-namespaces", "network-unlock", "post-restore", "pre-restore"):
+            r = script("restore-action.sh", env={**env, "CRTOOLS_SCRIPT_ACTION": action}, timeout=5)
+            assert r.returncode == 0, r.stderr
+        assert calls.exists() == ours
+    assert "8443" in calls.read_text()  # the published ports' guard lifted at network-unlock
