@@ -84,7 +84,8 @@ def criu_result(host: Host, what: str, r: CommandResult) -> str:
     if r.rc == 75:
         raise LockedError(f"{host.name}: {r.stderr.strip()}", hint=f"if nothing runs there, remove {RUNC_LOCK}")
     if not r.ok:
-        raise CheckpointError(f"{host.name}: {what} failed: {tail(r.stderr)}")
+        # CRIU's Error lines (up to five) and where its log is kept: criu_failed in lib.sh
+        raise CheckpointError(f"{host.name}: {what} failed: {tail(r.stderr, 6, 1200)}")
     return r.stdout
 
 

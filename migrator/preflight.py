@@ -9,7 +9,7 @@ from . import hosts
 from .container import Spec
 from .engine import Engine
 from .errors import MigratorError, tail
-from .probes import memory_usage, upper_dir
+from .probes import memory_usage, undumpable, upper_dir
 from .shared import Shared, once
 from .transfer import same_image
 from .transport import Host
@@ -135,6 +135,9 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
     config = spec.inspect["Config"]
     checks.add(s, "running", spec.running, f"{spec.name} is {spec.inspect['State'].get('Status')}; "
            "start it, or use `migrator checkpoint` for stopped state")
+    if spec.running:
+        why = undumpable(src, spec.pid)
+        checks.add(s, "criu can dump it", not why, "; ".join(why))
     checks.add(s, "tty", not config.get("Tty"), f"{spec.name} has a TTY (-t); CRIU cannot checkpoint it "
            "through Docker; recreate it without -t")
     binds = spec.bind_mounts()

@@ -81,6 +81,26 @@ def runtime_stopped(host: Host, container_id: str) -> bool:
         return False
 
 
+def undumpable(host: Host, pid: int) -> list[str]:
+    """What this host's CRIU would fail to dump in the container whose init is `pid`,
+    found before any freeze (dumpable.sh): a reason with its fix each, or none."""
+    r = host.run(hostscripts.argv(host, "dumpable.sh", "--pid", pid), check=False)
+    found = [line.split(maxsplit=3) for line in r.stdout.splitlines()]
+    why = []
+    rlimits = [f for f in found if f[0] == "rlimits" and len(f) == 3]
+    if rlimits:
+        uids = ", ".join(sorted({f[1] for f in rlimits}))
+        why.append(f"{len(rlimits)} of its processes run as uid {uids}, and CRIU here cannot read their rlimits "
+                   "(prlimit() of another user's process needs CAP_SYS_RESOURCE, which root lacks on this host): "
+                   "give root CAP_SYS_RESOURCE, or use a CRIU that reads /proc/PID/limits instead (migrator's "
+                   "patch: scripts/criu-patches, which `make setup` builds)")
+    for f in (f for f in found if f[0] == "ghost" and len(f) == 4):
+        why.append(f"process {f[1]} holds open {int(f[2]) >> 20} MiB of the deleted file {f[3]}: CRIU copies a "
+                   "deleted file into the checkpoint only up to its ghost-limit (1 MiB) and refuses larger ones; "
+                   "let the process close it, or raise `ghost-limit` in /etc/criu/default.conf there")
+    return why
+
+
 def memory_usage(host: Host, engine: Engine, containers: dict[str, int]) -> dict[str, int]:
     """Bytes of memory each running container uses (container id -> its pid given), from
     its memory cgroup, in one command for all of them; `docker stats` for any it could not

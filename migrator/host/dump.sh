@@ -25,7 +25,7 @@ if [ -n "$root" ]; then
   args=(--root "$root" checkpoint --image-path "$img" --work-path "$work")
   [ "$leave_running" = 0 ] || args+=(--leave-running)
   printf '%s\n' "${opt[@]}" > "$work/criu.conf"
-  CRIU_CONFIG_FILE=$work/criu.conf runc "${args[@]}" "$container" || { tail -5 "$work/dump.log" >&2 2>/dev/null; exit 1; }
+  CRIU_CONFIG_FILE=$work/criu.conf runc "${args[@]}" "$container" || { criu_failed "$work/dump.log" "dump-${container:0:12}"; exit 1; }
 else
   rmdir "$img"
   args=(--checkpoint-dir "$(dirname "$img")")

@@ -107,6 +107,24 @@ hold_leave() {
   exec {_hold_fd}>&-
 }
 
+# criu_failed LOG WHAT: say why CRIU failed, from its LOG: its Error lines (the cause; the
+# last lines say only "Dumping FAILED"), on stderr, and keep the log (0600, the ten latest
+# kept) where the message says. WHAT names it (e.g. dump-CONTAINER).
+criu_failed() {
+  local log=$1 keep=/var/lib/migrator/logs
+  [ -f "$log" ] || { echo "CRIU failed and left no log ($log)" >&2; return 0; }
+  (umask 077; mkdir -p "$keep")
+  local kept
+  kept=$keep/$(date -u +%Y%m%dT%H%M%SZ)-$2.log
+  cp "$log" "$kept" && chmod 0600 "$kept"
+  # shellcheck disable=SC2012  # our own file names, made just above: no odd characters
+  ls -1t "$keep" | tail -n +11 | while read -r old; do rm -f "$keep/$old"; done
+  local errors
+  errors=$(grep -E '^\([0-9. ]+\) +Error' "$log" | sed -E 's/^\([0-9. ]+\) +//' | tail -5)
+  { if [ -n "$errors" ]; then printf '%s\n' "$errors"; else tail -3 "$log"; fi
+    echo "CRIU's log: $kept"; } >&2
+}
+
 # manifest DIR: a CRC line per regular file of DIR, on stdout (pages CRIU wrote into a pipe
 # are not files there: SSH's MAC covered them on the wire).
 manifest() { (cd "$1" && find . -type f ! -name MANIFEST -print0 | sort -z | xargs -0 -r cksum -a crc); }

@@ -67,7 +67,12 @@ rm -f "$img/../reserve" & freed=$!
 for try in 1 2 3; do
   out=$("${start[@]}" 2>&1 >/dev/null) && break
   case $out in *"already exists"*) [ "$try" = 3 ] || { sleep 3; continue; } ;; esac
-  echo "$out" >&2; exit 1
+  echo "$out" >&2
+  # CRIU's own account of it: the log runc names ("log file: ..."), or the wrapper's
+  log=$(grep -o 'log file: [^ ]*' <<< "$out" | head -1 | cut -d' ' -f3 || :)
+  [ -f "$log" ] || log=$mark/restore.log
+  [ ! -f "$log" ] || criu_failed "$log" "restore-${container:0:12}"
+  exit 1
 done
 wait "$freed" || :
 [ $# -gt 0 ] || exit 0

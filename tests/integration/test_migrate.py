@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -12,15 +13,44 @@ import pytest
 import redis
 from conftest import LabHost, check_all, fill, run_cli
 
-from migrator.errors import MigrationFailed
+from migrator import checkpoint
+from migrator.errors import CheckpointError, MigrationFailed
 from migrator.inventory import Inventory
 from migrator.lab import Lab
 from migrator.migrate import Event, Migration
+from migrator.probes import runtime_root
+from migrator.transport import Host
 
 
 def start_redis(h: LabHost, name: str = "r1", port: int = 6379, *extra: str) -> redis.Redis:
     h.sh("docker", "run", "-d", "--name", name, "-p", f"{port}:6379", *extra, "lab/redis")
     return h.wait_redis(port)
+
+
+def test_a_container_of_a_non_root_user_moves_with_its_memory(hosts: dict[str, LabHost]) -> None:
+    """Redis as uid 1000, with a helper process of that user beside it: on this sandbox
+    root lacks CAP_SYS_RESOURCE, so CRIU reads their rlimits from /proc (the lab's CRIU
+    patch; preflight checks for it). The same server goes on (its run_id and start time),
+    as the same user, with every key."""
+    a, b = hosts["lab1"], hosts["lab2"]
+    a.sh("docker", "run", "-d", "--name", "nr", "-p", "6379:6379", "--user", "1000:1000", "lab/redis", "sh", "-c",
+         "sleep 100000 & exec /usr/bin/redis-server --protected-mode no --save '' --appendonly no")
+    r = a.wait_redis()
+    fill(r, 20_000)
+    before = r.info("server")
+    uids = a.sh("bash", "-c", "for p in $(docker top nr -eo pid | tail -n +2); do awk '/^Uid:/ {print $2}' "
+                "/proc/$p/status; done").split()
+    assert uids == ["1000", "1000"], uids  # two processes, both the user's
+    res = run_cli("migrate", "nr", "--from", "lab1", "--to", "lab2", "--json")
+    assert res.returncode == 0, res.stderr
+    checks = {c["name"]: c for c in json.loads(res.stdout)["preflight"]}
+    assert checks["criu can dump it"]["ok"]
+    after = b.wait_redis().info("server")
+    assert after["run_id"] == before["run_id"] and after["process_id"] == before["process_id"]
+    assert after["uptime_in_seconds"] >= before["uptime_in_seconds"]
+    check_all(b.redis(), 20_000)
+    assert b.sh("bash", "-c", "for p in $(docker top nr -eo pid | tail -n +2); do awk '/^Uid:/ {print $2}' "
+                "/proc/$p/status; done").split() == ["1000", "1000"]
 
 
 def test_redis_100k_keys_moves_with_its_memory(hosts: dict[str, LabHost]) -> None:
@@ -344,3 +374,41 @@ def test_relay_through_the_controller(hosts: dict[str, LabHost]) -> None:
     assert b.sh("docker", "exec", "r1", "cat", "/data/file").strip() == "relayed"
     for h in (a, b):
         assert not any(h.leftovers().values()), f"{h.name}: {h.leftovers()}"
+
+
+GHOST = ("head -c 3000000 /dev/zero > /tmp/big; exec 3</tmp/big; rm /tmp/big; "
+         "exec /usr/bin/redis-server --protected-mode no --save '' --appendonly no")
+
+
+def test_preflight_refuses_a_container_criu_cannot_dump_before_any_freeze(hosts: dict[str, LabHost]) -> None:
+    """A process holding a 3 MB deleted file open: CRIU would refuse it after the freeze
+    (over its ghost-limit). Preflight says so first, with the fix; nothing is touched."""
+    a, b = hosts["lab1"], hosts["lab2"]
+    a.sh("docker", "run", "-d", "--name", "ghost", "-p", "6379:6379", "lab/redis", "sh", "-c", GHOST)
+    a.wait_redis().set("k", "v")
+    pid = a.engine.inspect("ghost")["State"]["Pid"]
+    r = run_cli("migrate", "ghost", "--from", "lab1", "--to", "lab2")
+    assert r.returncode == 2, r.stderr
+    assert "criu can dump it" in r.stderr and "deleted file /tmp/big" in r.stderr and "ghost-limit" in r.stderr
+    assert a.running() == ["ghost"] and a.engine.inspect("ghost")["State"]["Pid"] == pid
+    assert a.redis().get("k") == b"v"
+    assert b.running() == [] and not any(a.leftovers().values()) and not any(b.leftovers().values())
+
+
+def test_a_failed_dump_says_criu_s_error_and_keeps_its_log(hosts: dict[str, LabHost], inv: Inventory) -> None:
+    """The dump itself (past preflight) of that container fails: the error carries CRIU's
+    Error line (the cause, not "Dumping FAILED" alone) and names its log, kept 0600; the
+    container goes on answering."""
+    a = hosts["lab1"]
+    a.sh("docker", "run", "-d", "--name", "ghost", "-p", "6379:6379", "lab/redis", "sh", "-c", GHOST)
+    a.wait_redis().set("k", "v")
+    cid = a.engine.inspect("ghost")["Id"]
+    with Host(inv.host("lab1")) as h, pytest.raises(CheckpointError) as failed:
+        checkpoint.dump(h, cid, "/var/lib/migrator/work/failing/img", root=runtime_root(h, cid))
+    msg = str(failed.value)
+    assert "Can't dump ghost file" in msg and "increase limit" in msg, msg
+    log = re.search(r"CRIU's log: (\S+)", msg)
+    assert log and log[1].startswith("/var/lib/migrator/logs/"), msg
+    assert a.sh("stat", "-c", "%a", log[1]).strip() == "600"
+    assert "Can't dump ghost file" in a.sh("cat", log[1])
+    assert a.redis().get("k") == b"v"

@@ -481,3 +481,46 @@ def test_restore_action_acts_only_in_migrators_restores(tmp_path: Path) -> None:
             assert r.returncode == 0, r.stderr
         assert calls.exists() == ours
     assert "8443" in calls.read_text()  # the published ports' guard lifted at network-unlock
+
+
+def test_dumpable_names_another_users_processes_whose_rlimits_criu_cannot_read(tmp_path: Path) -> None:
+    """A process of uid 1000: where prlimit() of it is refused (root lacks
+    CAP_SYS_RESOURCE, as on this sandbox), a CRIU without the /proc fallback is named as
+    failing before any freeze; with the fallback (its binary has the message), nothing."""
+    other = subprocess.Popen(["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups", "sleep", "30"])
+    try:
+        time.sleep(0.2)
+        refused = subprocess.run(["prlimit", "--pid", str(other.pid), "--nofile"], capture_output=True).returncode != 0
+        plain = tmp_path / "criu-plain"
+        plain.write_text("#!/bin/sh\n")
+        patched = tmp_path / "criu-patched"
+        patched.write_text("#!/bin/sh\n# rlimit %d of %d read from /proc/%d/limits (prlimit refused)\n")
+        plain.chmod(0o755)
+        patched.chmod(0o755)
+        r = script("dumpable.sh", "--pid", other.pid, env={"CRIU": str(plain)})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == (f"rlimits 1000 {other.pid}\n" if refused else "")
+        r = script("dumpable.sh", "--pid", other.pid, env={"CRIU": str(patched)})
+        assert r.returncode == 0 and r.stdout == ""
+        r = script("dumpable.sh", "--pid", os.getpid(), env={"CRIU": str(plain)})
+        assert f" {os.getpid()}\n" not in r.stdout  # our own (root's) limits: readable
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_dumpable_names_deleted_files_held_open_over_criu_s_ghost_limit(tmp_path: Path) -> None:
+    big, small = tmp_path / "big", tmp_path / "small"
+    hold = subprocess.Popen(["bash", "-c", 'head -c 2097152 /dev/zero > "$1"; head -c 4096 /dev/zero > "$2"; '
+                             'exec 3<"$1" 4<"$2"; rm "$1" "$2"; exec sleep 30', "_", str(big), str(small)])
+    try:
+        deadline = time.monotonic() + 5
+        while (big.exists() or not os.path.exists(f"/proc/{hold.pid}/fd/3")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = script("dumpable.sh", "--pid", hold.pid)
+        assert r.returncode == 0, r.stderr
+        assert f"ghost {hold.pid} 2097152 {big}\n" in r.stdout  # over 1 MiB: named
+        assert str(small) not in r.stdout  # under it: CRIU copies it
+    finally:
+        hold.kill()
+        hold.wait()
