@@ -98,6 +98,7 @@ class Migration:
         self.entry: journal.Entry | None = None
         self.link: Link | None = None
         self.compress = True  # the memory pages, on the wire
+        self.volumes_since = 0.0  # the source's clock when the volumes' presync began
 
     def begin(self, name: str) -> PhaseReport:
         """Enter phase `name`: journaled (what `recover` goes by) and told."""
@@ -226,6 +227,9 @@ class Migration:
                 self.emit(Event("info", "presync", f"shipped image {spec.image_ref}"))
 
             once(self.shared, ("image", self.dst.name, spec.image_id), ship)
+            # what changes in the volumes from now on is resent by content while frozen; a
+            # second of margin for the kernel's coarse file timestamps
+            self.volumes_since = float(self.src.run(["date", "+%s.%N"]).stdout) - 1
             for m in spec.named_volumes():
                 name = m["Name"]
                 vol = source_engine.volume_inspect(name) or {}
@@ -298,7 +302,7 @@ class Migration:
         with self.phase("filesystem") as phase:
             for m in spec.named_volumes():
                 target_mountpoint = (target_engine.volume_inspect(m["Name"]) or {})["Mountpoint"]
-                phase.bytes += link.sync_dir(m["Source"], target_mountpoint)
+                phase.bytes += link.sync_dir(m["Source"], target_mountpoint, changed_since=self.volumes_since)
         with self.phase("restore"):
             entry.target_started = True
             entry.save()

@@ -204,22 +204,28 @@ class Link:
             self.bps = mib * 1048576 / ((int(parts[1]) - int(parts[0])) / 1e9)
         return self.bps
 
-    def sync_dir(self, src_dir: str, dst_dir: str) -> int:
-        """Make dst_dir equal src_dir (rsync, deltas only) when direct; a full copy if relayed."""
+    def sync_dir(self, src_dir: str, dst_dir: str, changed_since: float | None = None) -> int:
+        """Make dst_dir equal src_dir (rsync, deltas only) when direct; a full copy if relayed.
+        With `changed_since` (the source's clock, seconds), every file changed since then is
+        also resent by content (resync.sh): exact even where rsync's quick check is not."""
         if not self.direct:
             self.dst.run(["find", dst_dir, "-mindepth", "1", "-delete"])
             return self.copy_dir(src_dir, dst_dir)
         ssh = shell.join(self._ssh_argv()[:-1])  # rsync -e takes the ssh command without host
-        r = self.src.run(["rsync", "-aHAX", "--numeric-ids", "--delete", "--stats", "-e", ssh,
-                          src_dir.rstrip("/") + "/", f"{self.dst.spec.address}:{dst_dir.rstrip('/')}/"],
-                         check=False, timeout=None)
-        if not r.ok:
-            raise TransferError(f"rsync {self.src.name}:{src_dir} -> {self.dst.name}:{dst_dir} failed:"
-                                f" {tail(r.stderr, 3, 300)}")
+        dest = f"{self.dst.spec.address}:{dst_dir.rstrip('/')}/"
+        runs: list[list[str | int]] = [["rsync", "-aHAX", "--numeric-ids", "--delete", "--stats", "-e", ssh, src_dir.rstrip("/") + "/", dest]]
+        if changed_since is not None:
+            runs.append(hostscripts.argv(self.src, "resync.sh", "--src", src_dir, "--dest", dest, "--ssh", ssh,
+                                         "--since", f"{changed_since:.3f}"))
         sent = 0
-        for line in r.stdout.splitlines():
-            if line.startswith("Total bytes sent:"):
-                sent = int(line.split(":")[1].strip().replace(",", ""))
+        for argv in runs:
+            r = self.src.run(argv, check=False, timeout=None)
+            if not r.ok:
+                raise TransferError(f"rsync {self.src.name}:{src_dir} -> {self.dst.name}:{dst_dir} failed:"
+                                    f" {tail(r.stderr, 3, 300)}")
+            for line in r.stdout.splitlines():
+                if line.startswith("Total bytes sent:"):
+                    sent += int(line.split(":")[1].strip().replace(",", ""))
         self.bytes_sent += sent
         return sent
 
