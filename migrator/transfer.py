@@ -213,7 +213,8 @@ class Link:
             return self.copy_dir(src_dir, dst_dir)
         ssh = shell.join(self._ssh_argv()[:-1])  # rsync -e takes the ssh command without host
         dest = f"{self.dst.spec.address}:{dst_dir.rstrip('/')}/"
-        runs: list[list[str | int]] = [["rsync", "-aHAX", "--numeric-ids", "--delete", "--stats", "-e", ssh, src_dir.rstrip("/") + "/", dest]]
+        runs: list[list[str | int]] = [["rsync", "-aHAX", "--numeric-ids", "--delete", "--stats", "-e", ssh,
+                                        src_dir.rstrip("/") + "/", dest]]
         if changed_since is not None:
             runs.append(hostscripts.argv(self.src, "resync.sh", "--src", src_dir, "--dest", dest, "--ssh", ssh,
                                          "--since", f"{changed_since:.3f}"))
