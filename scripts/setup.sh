@@ -45,6 +45,19 @@ else
     say "packages present"
 fi
 
+# PostgreSQL 15's binaries, for the lab's lab/postgres image (the test of a database of its
+# own user) and its pgbench/psql clients. Its own service is not started here: a
+# policy-rc.d (Debian's way) says no while the package installs.
+if ! dpkg-query -W -f='${Status}' postgresql-15 2>/dev/null | grep -q "install ok installed"; then
+    apt_update
+    say "installing postgresql-15 (its binaries only: no service is started)"
+    policy=0
+    [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+                                      chmod 0755 /usr/sbin/policy-rc.d; policy=1; }
+    apt-get install -y -qq --no-install-recommends postgresql-15 postgresql-client-15 >/dev/null
+    [ "$policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
+fi
+
 if criu_ok; then
     say "criu $(criu --version | sed -n 's/^Version: *//p') present at $(command -v criu)"
 else

@@ -174,7 +174,7 @@ class Lab:
         self._write_known_hosts(all_hosts)
         self._check_links(all_hosts)
         for h in all_hosts:
-            if self._ensure_image(h):
+            if self.ensure_image(h):
                 done.append(f"{h.name}: loaded image {IMAGE}")
         self.write_inventory(inventory or Path("inventory/lab.yaml"))
         return done
@@ -250,7 +250,7 @@ class Lab:
         engine_sh = resources.files("migrator.lab").joinpath("engine.sh")
         self.ns_exec(h, ["bash", str(engine_sh), h.dir])
         self.start_dockerd(h)
-        self._ensure_image(h)
+        self.ensure_image(h)
 
     def _wait_ready(self, h: LabHost) -> None:
         d = Path(h.dir)
@@ -283,23 +283,22 @@ class Lab:
 
         network.check_links([(h.name, h.address) for h in hosts], reaches)
 
-    def _ensure_image(self, h: LabHost) -> bool:
-        if self.ns_exec(h, ["docker", "image", "inspect", IMAGE], check=False).returncode == 0:
+    def ensure_image(self, h: LabHost, name: str = IMAGE) -> bool:
+        """The lab image `name` on host h (built once from this machine's binaries, then
+        saved: every host loads the same image ID). Returns whether it was loaded now."""
+        if self.ns_exec(h, ["docker", "image", "inspect", name], check=False).returncode == 0:
             return False
-        tar = self.root / "redis-image.tar"
+        tar = self.root / f"{name.replace('/', '-')}-image.tar"
         if not tar.exists():
-            self.say(f"building {IMAGE} from this machine's redis-server")
-            self._build_image(h, tar)
-        self.say(f"{h.name}: loading {IMAGE}")
+            self.say(f"building {name} from this machine's binaries")
+            self.ns_exec(h, image.import_argv(name), input=image.BUILDS[name][0](self.root / "rootfs"), text=False)
+            with tar.open("wb") as out:
+                subprocess.run(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", "docker", "save", name],
+                               stdout=out, check=True)
+        self.say(f"{h.name}: loading {name}")
         with tar.open("rb") as f:
             self.ns_exec(h, ["docker", "load", "-q"], stdin=f)
         return True
-
-    def _build_image(self, h: LabHost, tar: Path) -> None:
-        self.ns_exec(h, image.import_argv(), input=image.build(self.root / "rootfs"), text=False)
-        with tar.open("wb") as out:
-            subprocess.run(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", "docker", "save", IMAGE],
-                           stdout=out, check=True)
 
     def write_inventory(self, path: Path) -> None:
         # `reboot: lab` tells playbooks to restart the host's dockerd and sshd (`lab restart`),

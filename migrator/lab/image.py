@@ -1,8 +1,11 @@
-"""The lab's Redis image, made from this machine's redis-server (no registry exists here):
-imported once and saved, so that every host loads the same image ID."""
+"""The lab's images, made from this machine's own binaries (no registry exists here):
+imported once and saved, so that every host loads the same image ID. lab/redis (root-run
+Redis) on every host; lab/postgres (PostgreSQL 15 as its own user, uid 999: a multi-process
+database with shared memory) where a test asks for it (`Lab.ensure_image`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -11,46 +14,90 @@ from pathlib import Path
 from .processes import run
 
 IMAGE = "lab/redis"
+POSTGRES = "lab/postgres"
+PG = Path("/usr/lib/postgresql/15")
 Exec = Callable[..., object]  # runs argv inside one lab host (Lab.ns_exec bound to it)
+
+
+def _copy_with_libs(rootfs: Path, binaries: list[str]) -> None:
+    """binaries into rootfs at their paths, with every library ldd names for them."""
+    files = list(binaries)
+    for b in binaries:
+        for line in run(["ldd", b]).stdout.splitlines():
+            path = next((p for p in line.split() if p.startswith("/")), None)
+            if path and path not in files:
+                files.append(path)
+    for f in files:
+        dest = rootfs / f.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(f), dest)
+
+
+def _busybox(rootfs: Path, tools: tuple[str, ...]) -> None:
+    (rootfs / "bin").mkdir(exist_ok=True)
+    shutil.copy2(shutil.which("busybox") or "/bin/busybox", rootfs / "bin" / "busybox")
+    for tool in tools:
+        os.symlink("busybox", rootfs / "bin" / tool)
+
+
+def _tar(rootfs: Path) -> bytes:
+    tarball = run(["tar", "-C", str(rootfs), "-c", "."], text=False)  # type: ignore[arg-type]
+    shutil.rmtree(rootfs)
+    return tarball.stdout  # type: ignore[return-value]
 
 
 def build(rootfs: Path) -> bytes:
     """A root filesystem of redis-server, the libraries ldd names and a static busybox, as
     a tar stream for `docker import`."""
-    redis = shutil.which("redis-server") or "/usr/bin/redis-server"
-    busybox = shutil.which("busybox") or "/bin/busybox"
     if rootfs.exists():
         shutil.rmtree(rootfs)
-    libs = [redis]
-    for line in run(["ldd", redis]).stdout.splitlines():
-        path = next((p for p in line.split() if p.startswith("/")), None)
-        if path:
-            libs.append(path)
-    for f in libs:
-        dest = rootfs / f.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(os.path.realpath(f), dest)
-    (rootfs / "bin").mkdir(exist_ok=True)
-    shutil.copy2(busybox, rootfs / "bin" / "busybox")
-    for tool in ("sh", "ls", "cat", "sleep", "echo", "nc", "mkdir", "rm", "sync"):
-        os.symlink("busybox", rootfs / "bin" / tool)
+    _copy_with_libs(rootfs, [shutil.which("redis-server") or "/usr/bin/redis-server"])
+    _busybox(rootfs, ("sh", "ls", "cat", "sleep", "echo", "nc", "mkdir", "rm", "sync"))
     for d in ("tmp", "data", "etc"):
         (rootfs / d).mkdir(exist_ok=True)
     (rootfs / "tmp").chmod(0o1777)
     (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    tarball = run(["tar", "-C", str(rootfs), "-c", "."], text=False)  # type: ignore[arg-type]
-    shutil.rmtree(rootfs)
-    return tarball.stdout  # type: ignore[return-value]
+    return _tar(rootfs)
+
+
+def build_postgres(rootfs: Path) -> bytes:
+    """PostgreSQL 15 from this machine (postgres, initdb, their modules and share files,
+    UTC's zone file), run as postgres (uid 999) with its data in /var/lib/postgresql/data."""
+    if rootfs.exists():
+        shutil.rmtree(rootfs)
+    modules = sorted(str(p) for p in (PG / "lib").glob("*.so") if p.name != "llvmjit.so")
+    _copy_with_libs(rootfs, [str(PG / "bin" / "postgres"), str(PG / "bin" / "initdb"), *modules])
+    shutil.copytree("/usr/share/postgresql/15", rootfs / "usr/share/postgresql/15")
+    (rootfs / "usr/share/zoneinfo").mkdir(parents=True)
+    shutil.copy2("/usr/share/zoneinfo/UTC", rootfs / "usr/share/zoneinfo/UTC")
+    _busybox(rootfs, ("sh", "ls", "cat", "sleep", "mkdir", "rm", "head"))
+    for d in ("tmp", "etc", "var/lib/postgresql/data"):
+        (rootfs / d).mkdir(parents=True, exist_ok=True)
+    (rootfs / "tmp").chmod(0o1777)
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                       "postgres:x:999:999::/var/lib/postgresql:/bin/sh\n")
+    (rootfs / "etc/group").write_text("root:x:0:\npostgres:x:999:\n")
+    for d in ("var/lib/postgresql", "var/lib/postgresql/data"):
+        os.chown(rootfs / d, 999, 999)
+    (rootfs / "var/lib/postgresql/data").chmod(0o700)
+    return _tar(rootfs)
 
 
 CHANGES = [
     'CMD ["/usr/bin/redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no"]',
     "EXPOSE 6379", "WORKDIR /data", "ENV PATH=/usr/bin:/bin",
 ]
+# first start: a cluster (trusting every client: a lab) in the volume; then the server
+_PG_START = ('[ -s "$PGDATA/PG_VERSION" ] || { initdb -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C '
+             '>/dev/null && echo "host all all all trust" >> "$PGDATA/pg_hba.conf"; }; '
+             'exec postgres -D "$PGDATA" -c listen_addresses=* -c unix_socket_directories=/tmp')
+POSTGRES_CHANGES = ["ENV PATH=/usr/lib/postgresql/15/bin:/bin", "ENV PGDATA=/var/lib/postgresql/data",
+                    "ENV TZ=UTC", "USER postgres", "EXPOSE 5432", "CMD " + json.dumps(["sh", "-c", _PG_START])]
+BUILDS = {IMAGE: (build, CHANGES), POSTGRES: (build_postgres, POSTGRES_CHANGES)}
 
 
-def import_argv() -> list[str]:
+def import_argv(name: str = IMAGE) -> list[str]:
     argv = ["docker", "import"]
-    for c in CHANGES:
+    for c in BUILDS[name][1]:
         argv += ["--change", c]
-    return [*argv, "-", IMAGE]
+    return [*argv, "-", name]
