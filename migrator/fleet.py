@@ -214,7 +214,8 @@ def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
 
 
 def execute(inv: Inventory, plan: Plan, parallel: int = 1,
-            events: Callable[[str, Event], None] | None = None, frozen: int = 1) -> list[Move]:
+            events: Callable[[str, Event], None] | None = None, frozen: int = 1,
+            bind_mounts: str | None = None) -> list[Move]:
     """Run the plan's moves, at most `parallel` at once and `frozen` of them in their freeze
     window, sharing what is the same for all of them (`Shared`). Every move ends with an
     outcome, told as an "end" event."""
@@ -224,7 +225,7 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
     def one(m: Move) -> Move:
         assert m.target
         try:
-            mig = Migration(inv, m.container, m.source, m.target, shared=shared,
+            mig = Migration(inv, m.container, m.source, m.target, shared=shared, bind_mounts=bind_mounts,
                             events=(lambda ev: events(m.container, ev)) if events else None)
             m.report = mig.run().to_dict()
             m.outcome = "migrated"
@@ -250,7 +251,7 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
 
 
 def drain(inv: Inventory, source: str, *, to: list[str] | None = None, select: str | None = None,
-          parallel: int = 1, dry_run: bool = False, frozen: int = 1,
+          parallel: int = 1, dry_run: bool = False, frozen: int = 1, bind_mounts: str | None = None,
           events: Callable[[str, Event], None] | None = None, reason: str = "drain") -> Plan:
     plan = plan_drain(inv, source, to, select)
     unplaced = [m for m in plan.moves if not m.target and not m.pinned]
@@ -262,7 +263,7 @@ def drain(inv: Inventory, source: str, *, to: list[str] | None = None, select: s
         return plan
     with Host(inv.host(source)) as h:
         hosts.cordon(h, reason)
-    execute(inv, plan, parallel, events, frozen)
+    execute(inv, plan, parallel, events, frozen, bind_mounts)
     return plan
 
 

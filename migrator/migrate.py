@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import checkpoint, journal, preflight
+from . import binds, checkpoint, journal, preflight
 from .container import Spec, validate_name
 from .engine import Engine
 from .errors import LockedError, MigrationFailed, MigratorError, PreflightError, RollbackFailed
@@ -82,7 +82,7 @@ def new_id() -> str:
 class Migration:
     def __init__(self, inv: Inventory, container: str, source: str, target: str, *,
                  keep_source: bool = False, relay: bool = False, events: Events | None = None,
-                 shared: Shared | None = None) -> None:
+                 shared: Shared | None = None, bind_mounts: str | None = None) -> None:
         self.inv = inv
         self.container = validate_name(container)
         if source == target:
@@ -91,6 +91,7 @@ class Migration:
         self.dst = Host(inv.host(target))
         self.keep_source = keep_source
         self.relay_only = relay
+        self.bind_mounts = binds.check_mode(bind_mounts)  # how bind mounts move (binds.py), if they may
         self.emit = events or (lambda _e: None)
         self.shared = shared  # what a batch of moves (a drain) asks once for all of them
         self.migration_id = new_id()
@@ -164,7 +165,8 @@ class Migration:
             with self.phase("preflight"):
                 source_workdir = make_workdir(self.src, self.migration_id)
                 target_workdir = make_workdir(self.dst, self.migration_id)
-                checks = preflight.run(self.src, self.dst, spec, source_workdir, target_workdir, self.shared)
+                checks = preflight.run(self.src, self.dst, spec, source_workdir, target_workdir, self.shared,
+                                       self.bind_mounts)
                 self.memory = checks.memory_bytes
                 self.report.preflight = [asdict(c) for c in checks.checks]
                 if checks.failures:
@@ -241,6 +243,13 @@ class Migration:
                     target_engine.volume_create(name, vol.get("Options") or {}, vol.get("Labels") or {})
                 target_mountpoint = (target_engine.volume_inspect(name) or {})["Mountpoint"]
                 phase.bytes += link.sync_dir(vol["Mountpoint"], target_mountpoint)
+            for m in self._synced_binds(spec):
+                made = binds.first_missing(self.dst, m["Source"])
+                if made:
+                    self.record(kind="path", path=made)
+                file = not binds.is_dir(self.src, m["Source"])
+                self.dst.run(["mkdir", "-p", m["Source"].rsplit("/", 1)[0] if file else m["Source"]])
+                phase.bytes += link.sync_dir(m["Source"], m["Source"], file=file)
             self.entry.target_id = target_engine.create(spec.name, spec.create_body())
             self.entry.save()
             self.entry.ports = open_ports(self.src, source_engine, spec.id)
@@ -265,6 +274,10 @@ class Migration:
                     "Name": policy["Name"], "MaximumRetryCount": policy.get("MaximumRetryCount", 0)})
                 source_engine.update_restart_policy(spec.id, {"Name": "no"})
             self.entry.save()
+
+    def _synced_binds(self, spec: Spec) -> list[dict[str, Any]]:
+        """The bind mounts this move copies (--bind-mounts sync)."""
+        return spec.bind_mounts() if self.bind_mounts == "sync" else []
 
     def _move(self, spec: Spec, source_engine: Engine, target_engine: Engine) -> None:
         """Freeze and copy: the CRIU images (on a direct link while CRIU writes them) and the
@@ -303,6 +316,9 @@ class Migration:
             for m in spec.named_volumes():
                 target_mountpoint = (target_engine.volume_inspect(m["Name"]) or {})["Mountpoint"]
                 phase.bytes += link.sync_dir(m["Source"], target_mountpoint, changed_since=self.volumes_since)
+            for m in self._synced_binds(spec):
+                phase.bytes += link.sync_dir(m["Source"], m["Source"], changed_since=self.volumes_since,
+                                             file=not binds.is_dir(self.src, m["Source"]))
         with self.phase("restore"):
             entry.target_started = True
             entry.save()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import hosts
+from . import binds, hosts
 from .container import Spec
 from .engine import Engine
 from .errors import MigratorError, tail
@@ -105,8 +105,19 @@ def cpu_compatible(src: Host, dst: Host, source_workdir: str, target_workdir: st
     return checks.checks
 
 
+def bind_refusals(src: Host, dst: Host, mounts: list[dict], mode: str | None) -> list[str]:
+    """Why the bind mounts cannot move the way `mode` says (binds.py)."""
+    if not mounts:
+        return []
+    if mode is None:
+        return [binds.refusal(mounts)]
+    found = [binds.sync_blocker(dst, m["Source"]) if mode == "sync" else binds.shared_proof(src, dst, m["Source"])
+             for m in mounts]
+    return [why for why in found if why]
+
+
 def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: str,
-        shared: Shared | None = None) -> Preflight:
+        shared: Shared | None = None, bind_mounts: str | None = None) -> Preflight:
     """Every check of moving `spec` from src to dst. With `shared` (a batch of moves), what
     is the same for every move between two hosts is checked once for all of them."""
     checks = Preflight()
@@ -140,9 +151,9 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
         checks.add(s, "criu can dump it", not why, "; ".join(why))
     checks.add(s, "tty", not config.get("Tty"), f"{spec.name} has a TTY (-t); CRIU cannot checkpoint it "
            "through Docker; recreate it without -t")
-    binds = spec.bind_mounts()
-    checks.add(s, "bind mounts", not binds, "host paths " + ", ".join(m["Source"] for m in binds) +
-           " are not moved; use named volumes")
+    if spec.bind_mounts():
+        refused = bind_refusals(src, dst, spec.bind_mounts(), bind_mounts)
+        checks.add(t if bind_mounts else s, "bind mounts", not refused, "; ".join(refused) or str(bind_mounts))
     mode = spec.network_mode
     if mode.startswith("container:"):
         checks.add(s, "network", False, f"{mode}: shares another container's network; move that one")

@@ -34,6 +34,8 @@ class Sides:
                 self.target_engine.remove_image(record["id"])
         elif kind == "volume":
             self.target_engine.volume_remove(record["name"])
+        elif kind == "path":  # a bind mount's path that this move made on the target
+            self.dst.run(["rm", "-rf", "--one-file-system", "--", record["path"]])
         elif kind == "restart_policy":
             self.source_engine.update_restart_policy(self.entry.container_id, record["policy"])
 

@@ -204,20 +204,37 @@ class Link:
             self.bps = mib * 1048576 / ((int(parts[1]) - int(parts[0])) / 1e9)
         return self.bps
 
-    def sync_dir(self, src_dir: str, dst_dir: str, changed_since: float | None = None) -> int:
+    def sync_dir(self, src_dir: str, dst_dir: str, changed_since: float | None = None, *,
+                 file: bool = False) -> int:
         """Make dst_dir equal src_dir (rsync, deltas only) when direct; a full copy if relayed.
         With `changed_since` (the source's clock, seconds), every file changed since then is
-        also resent by content (resync.sh): exact even where rsync's quick check is not."""
+        also resent by content (resync.sh): exact even where rsync's quick check is not.
+        With `file`, both are one file (a file bind-mounted), sent by content when
+        `changed_since` is given."""
         if not self.direct:
+            if file:  # by tar: its owner and mode with it
+                (src_parent, name), dst_parent = src_dir.rsplit("/", 1), dst_dir.rsplit("/", 1)[0]
+                self.dst.run(["mkdir", "-p", dst_parent or "/"])
+                return self.pipe([[*shell.TAR, "-C", src_parent or "/", "-cf", "-", name]],
+                                 [[*shell.TAR, "-C", dst_parent or "/", "-xpf", "-"]], f"copy {src_dir}")
             self.dst.run(["find", dst_dir, "-mindepth", "1", "-delete"])
             return self.copy_dir(src_dir, dst_dir)
         ssh = shell.join(self._ssh_argv()[:-1])  # rsync -e takes the ssh command without host
+        if file:
+            argv: list[str | int] = ["rsync", "-aHAX", "--numeric-ids", "--stats", "-e", ssh,
+                                     *(["--ignore-times"] if changed_since is not None else []),
+                                     src_dir, f"{self.dst.spec.address}:{dst_dir}"]
+            return self._rsync([argv], src_dir, dst_dir)
         dest = f"{self.dst.spec.address}:{dst_dir.rstrip('/')}/"
         runs: list[list[str | int]] = [["rsync", "-aHAX", "--numeric-ids", "--delete", "--stats", "-e", ssh,
                                         src_dir.rstrip("/") + "/", dest]]
         if changed_since is not None:
             runs.append(hostscripts.argv(self.src, "resync.sh", "--src", src_dir, "--dest", dest, "--ssh", ssh,
                                          "--since", f"{changed_since:.3f}"))
+        return self._rsync(runs, src_dir, dst_dir)
+
+    def _rsync(self, runs: list[list[str | int]], src_dir: str, dst_dir: str) -> int:
+        """Run rsync commands on the source; the bytes they sent."""
         sent = 0
         for argv in runs:
             r = self.src.run(argv, check=False, timeout=None)

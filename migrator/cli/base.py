@@ -21,6 +21,9 @@ app.add_typer(checkpoint_app, name="checkpoint")
 
 OnHost = Annotated[str, typer.Option("--on", help="Host (inventory name).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+BindMounts = Annotated[str | None, typer.Option(
+    "--bind-mounts", help="sync: copy bind-mounted host paths to the same paths on the target; shared: they are "
+    "the same storage on both hosts (proven first). Without it a container with bind mounts is refused.")]
 
 
 class State:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ExitCode, MigratorError
-from .base import app, load_inventory
+from .base import BindMounts, app, load_inventory
 from .render import Renderer, fail, out, preflight_table, print_json, report_table, warn
 
 
@@ -20,6 +20,7 @@ def migrate_cmd(
     keep_source: Annotated[bool, typer.Option(
         "--keep-source", help="Keep the source container, stopped.")] = False,
     relay: Annotated[bool, typer.Option("--relay", help="Send data through this machine.")] = False,
+    bind_mounts: BindMounts = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Plan and preflight only; change nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -29,7 +30,7 @@ def migrate_cmd(
 
     try:
         migration = Migration(load_inventory(), container, source, target, keep_source=keep_source,
-                              relay=relay, events=Renderer(quiet=False))
+                              relay=relay, bind_mounts=bind_mounts, events=Renderer(quiet=False))
         rep = migration.run(dry_run=dry_run)
     except MigratorError as ex:
         if as_json and ex.report is not None:

@@ -307,9 +307,9 @@ def test_preflight_refuses_what_criu_cannot_move(hosts: dict[str, LabHost], tmp_
     r = run_cli("migrate", "tty", "--from", "lab1", "--to", "lab2")
     assert r.returncode == 2 and "has a TTY" in r.stderr
     r = run_cli("migrate", "bound", "--from", "lab1", "--to", "lab2")
-    assert r.returncode == 2 and "not moved; use named volumes" in r.stderr
+    assert r.returncode == 2 and "pass --bind-mounts sync" in r.stderr and "--bind-mounts shared" in r.stderr
     assert a.running() == ["bound", "tty"]
-    record("container with a TTY / a bind mount", "preflight", "refused, nothing changed", hosts,
+    record("container with a TTY / a bind mount without --bind-mounts", "preflight", "refused, nothing changed", hosts,
            "none (nothing touched)")
 
 

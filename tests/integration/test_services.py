@@ -3,14 +3,22 @@ and a data volume, moved under its own benchmark's load."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import subprocess
 import time
 
+import pytest
 from conftest import LabHost, run_cli
 
+from migrator.errors import MigrationFailed
+from migrator.inventory import Inventory
 from migrator.lab import Lab
+from migrator.lab.faults import cut_link
 from migrator.lab.image import POSTGRES
+from migrator.migrate import Event, Migration
 from migrator.transport import wait_for
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -75,3 +83,95 @@ def test_postgres_of_its_own_user_moves_under_pgbench_keeping_every_commit(hosts
     after = subprocess.run([f"{PG_BIN}/pgbench", "-h", b.address, "-U", "postgres", "-c", "2", "-t", "50",
                             "postgres"], capture_output=True, text=True, timeout=120)
     assert after.returncode == 0 and "processed: 100/100" in after.stdout, after.stdout + after.stderr
+
+
+# --- bind mounts --------------------------------------------------------------------------------
+# Lab hosts share this machine's root filesystem (a path like /var/tmp/x is one storage for all
+# of them, as NFS would be) but each has its own /tmp: the two kinds of bind source.
+TREE = ("find \"$1\" -printf '%P %U %G %m %y %s\\n' | sort; "
+        "cd \"$1\" && find . -type f -print0 | sort -z | xargs -0 md5sum")
+
+
+def test_bind_mounts_are_refused_unless_told_how_to_move_them(hosts: dict[str, LabHost]) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    b.sh("rm", "-rf", "/tmp/bm-none")
+    a.sh("mkdir", "-p", "/tmp/bm-none")
+    a.sh("docker", "run", "-d", "--name", "bm", "-v", "/tmp/bm-none:/data", "lab/redis")
+    r = run_cli("migrate", "bm", "--from", "lab1", "--to", "lab2")
+    assert r.returncode == 2 and "--bind-mounts sync" in r.stderr and "--bind-mounts shared" in r.stderr, r.stderr
+    b.sh("bash", "-c", "mkdir -p /tmp/bm-none && echo theirs > /tmp/bm-none/own")  # the target's own files
+    r = run_cli("migrate", "bm", "--from", "lab1", "--to", "lab2", "--bind-mounts", "sync")
+    assert r.returncode == 2 and "/tmp/bm-none exists on lab2 and is not empty" in r.stderr, r.stderr
+    assert b.sh("cat", "/tmp/bm-none/own").strip() == "theirs"  # never overwritten
+    r = run_cli("migrate", "bm", "--from", "lab1", "--to", "lab2", "--bind-mounts", "shared")
+    assert r.returncode == 2 and "is not the same storage on lab2" in r.stderr, r.stderr
+    assert a.running() == ["bm"] and b.running() == []
+    assert a.sh("ls", "-A", "/tmp/bm-none").strip() == ""  # the marker went
+    b.sh("rm", "-rf", "/tmp/bm-none")
+
+
+def test_bind_mounts_sync_arrive_equal_with_what_changed_during_the_presync(hosts: dict[str, LabHost],
+                                                                           inv: Inventory) -> None:
+    """A directory (owners, modes, a link, a subdirectory) and a config file bind-mounted
+    read-only, copied to the same paths on a host that had neither: equal there, ownership
+    and modes included, with a file written after the presync copied the rest."""
+    a, b = hosts["lab1"], hosts["lab2"]
+    b.sh("rm", "-rf", "/tmp/bm-sync", "/tmp/bm-etc")  # the test's own paths (a run before may have left them)
+    a.sh("bash", "-c", "rm -rf /tmp/bm-sync /tmp/bm-etc; mkdir -p /tmp/bm-sync/sub /tmp/bm-etc; "
+         "echo one > /tmp/bm-sync/a; head -c 300000 /dev/urandom > /tmp/bm-sync/sub/b; ln -s a /tmp/bm-sync/l; "
+         "chown 1000:1000 /tmp/bm-sync/a; chmod 0640 /tmp/bm-sync/a; chown 999:999 /tmp/bm-sync/sub; "
+         "chmod 0700 /tmp/bm-sync/sub; echo 'port 1' > /tmp/bm-etc/app.conf; chmod 0604 /tmp/bm-etc/app.conf")
+    a.sh("docker", "run", "-d", "--name", "bm", "-v", "/tmp/bm-sync:/data",
+         "-v", "/tmp/bm-etc/app.conf:/etc/app.conf:ro", "lab/redis")
+
+    def hook(ev: Event) -> None:
+        if ev.kind == "done" and ev.phase == "presync":
+            a.sh("docker", "exec", "bm", "sh", "-c", "echo during > /data/late")
+
+    binds = a.engine.inspect("bm")["HostConfig"]["Binds"]
+    rep = Migration(inv, "bm", "lab1", "lab2", events=hook, bind_mounts="sync").run()
+    assert rep.status == "migrated"
+    for path in ("/tmp/bm-sync", "/tmp/bm-etc"):
+        assert b.sh("bash", "-c", TREE, "_", path) == a.sh("bash", "-c", TREE, "_", path), path
+    assert b.sh("docker", "exec", "bm", "cat", "/data/late", "/etc/app.conf").split() == ["during", "port", "1"]
+    assert b.engine.inspect("bm")["HostConfig"]["Binds"] == binds
+    for h in (a, b):
+        h.sh("rm", "-rf", "/tmp/bm-sync", "/tmp/bm-etc")
+
+
+def test_bind_mounts_shared_are_proven_then_left_where_they_are(hosts: dict[str, LabHost]) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    shared = f"/var/tmp/migrator-test-shared-{os.getpid()}"
+    a.sh("bash", "-c", f"mkdir -p {shared} && echo kept > {shared}/f")
+    try:
+        a.sh("docker", "run", "-d", "--name", "bm", "-v", f"{shared}:/data", "lab/redis")
+        r = run_cli("migrate", "bm", "--from", "lab1", "--to", "lab2", "--bind-mounts", "shared", "--json")
+        assert r.returncode == 0, r.stderr
+        checks = {c["name"]: c for c in json.loads(r.stdout)["preflight"]}
+        assert checks["bind mounts"]["ok"] and checks["bind mounts"]["detail"] == "shared"
+        assert b.sh("docker", "exec", "bm", "cat", "/data/f").strip() == "kept"
+        assert sorted(os.listdir(shared)) == ["f"]  # no marker left
+    finally:
+        for h in (a, b):
+            h.sh("docker", "rm", "-f", "bm", check=False)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_rolled_back_bind_sync_removes_only_what_it_made_on_the_target(hosts: dict[str, LabHost],
+                                                                         inv: Inventory) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    b.sh("bash", "-c", "rm -rf /tmp/bm-rb; mkdir -p /tmp/bm-keep && echo theirs > /tmp/bm-keep/own")
+    a.sh("bash", "-c", "rm -rf /tmp/bm-rb; mkdir -p /tmp/bm-rb/deep/er && echo mine > /tmp/bm-rb/deep/er/f")
+    a.sh("docker", "run", "-d", "--name", "bm", "-v", "/tmp/bm-rb/deep:/data", "lab/redis")
+
+    def cut(ev: Event) -> None:  # the copy is on lab2 by then; the move fails after it
+        if ev.kind == "phase" and ev.phase == "freeze":
+            cut_link(inv, "lab1", "bm")
+
+    with pytest.raises(MigrationFailed):
+        Migration(inv, "bm", "lab1", "lab2", events=cut, bind_mounts="sync").run()
+    assert a.running() == ["bm"] and a.sh("cat", "/tmp/bm-rb/deep/er/f").strip() == "mine"
+    assert not b.host.ok(["test", "-e", "/tmp/bm-rb"])  # made by the move (from its first missing part): gone
+    assert b.sh("cat", "/tmp/bm-keep/own").strip() == "theirs"
+    for h in (a, b):
+        h.sh("rm", "-rf", "/tmp/bm-rb", "/tmp/bm-keep")
