@@ -146,23 +146,18 @@ def test_other_options_wait_for_the_holders_to_leave(tmp_path: Path) -> None:
     assert not conf.exists() and not lock.exists()
 
 
-def test_criu_run_drops_dead_holders_and_puts_their_file_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("older", [False, True])
+def test_criu_run_drops_a_dead_holder_and_puts_its_file_back(tmp_path: Path, older: bool) -> None:
+    """A holder that died (also one of an older migrator, whose lock named one owner):
+    runc.conf goes back as it was before, then the command gets its own options."""
     lock, conf = tmp_path / "runc-conf", tmp_path / "runc.conf"
-    (lock / "holders").mkdir(parents=True)
-    (lock / "holders" / str(_dead_pid())).write_text("")
-    (lock / "options").write_text("tcp-established\n")
-    (lock / "runc.conf.orig").write_text("mine\n")
-    conf.write_text("mine\ntcp-established\n")
-    r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--opt", "tcp-close", "--", "cat", conf)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == "mine\ntcp-close\n"
-    assert conf.read_text() == "mine\n" and not lock.exists()
-
-
-def test_criu_run_takes_over_a_dead_holders_lock_of_an_older_migrator(tmp_path: Path) -> None:
-    lock, conf = tmp_path / "runc-conf", tmp_path / "runc.conf"
-    lock.mkdir()
-    (lock / "owner").write_text(str(_dead_pid()))
+    if older:
+        lock.mkdir()
+        (lock / "owner").write_text(str(_dead_pid()))
+    else:
+        (lock / "holders").mkdir(parents=True)
+        (lock / "holders" / str(_dead_pid())).write_text("")
+        (lock / "options").write_text("tcp-established\n")
     (lock / "runc.conf.orig").write_text("mine\n")
     conf.write_text("mine\nleft by the dead one\n")
     r = script("criu-run.sh", "--lock", lock, "--conf", conf, "--opt", "tcp-close", "--", "cat", conf)
