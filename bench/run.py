@@ -591,6 +591,8 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
     ax.set_title("Moving Redis lab1 -> lab2")
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"), dpi=110)
+    if not results["runs"]:  # only cross or fleet rows: `latest` stays the last run with the size table
+        return
     for ext in (".json", ".md", ".png"):
         latest = out_dir / f"latest{ext}"
         latest.unlink(missing_ok=True)
