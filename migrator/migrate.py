@@ -100,6 +100,7 @@ class Migration:
         self.link: Link | None = None
         self.compress = True  # the memory pages, on the wire
         self.volumes_since = 0.0  # the source's clock when the volumes' presync began
+        self.bind_files: dict[str, bool] = {}  # synced bind sources: is it a file (asked in the presync)
 
     def begin(self, name: str) -> PhaseReport:
         """Enter phase `name`: journaled (what `recover` goes by) and told."""
@@ -247,7 +248,7 @@ class Migration:
                 made = binds.first_missing(self.dst, m["Source"])
                 if made:
                     self.record(kind="path", path=made)
-                file = not binds.is_dir(self.src, m["Source"])
+                file = self.bind_files[m["Source"]] = not binds.is_dir(self.src, m["Source"])
                 self.dst.run(["mkdir", "-p", m["Source"].rsplit("/", 1)[0] if file else m["Source"]])
                 phase.bytes += link.sync_dir(m["Source"], m["Source"], file=file)
             self.entry.target_id = target_engine.create(spec.name, spec.create_body())
@@ -318,7 +319,7 @@ class Migration:
                 phase.bytes += link.sync_dir(m["Source"], target_mountpoint, changed_since=self.volumes_since)
             for m in self._synced_binds(spec):
                 phase.bytes += link.sync_dir(m["Source"], m["Source"], changed_since=self.volumes_since,
-                                             file=not binds.is_dir(self.src, m["Source"]))
+                                             file=self.bind_files[m["Source"]])
         with self.phase("restore"):
             entry.target_started = True
             entry.save()
