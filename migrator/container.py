@@ -89,17 +89,34 @@ class Spec:
     def bind_mounts(self) -> list[dict[str, Any]]:
         return [m for m in self.inspect.get("Mounts") or [] if m.get("Type") == "bind"]
 
+    def user_networks(self) -> dict[str, dict[str, Any]]:
+        """The user-defined networks it is on (name: its endpoint there), its own network first."""
+        mode = self.network_mode
+        if mode in ("default", "bridge", "host", "none") or mode.startswith("container:"):
+            return {}
+        nets = (self.inspect.get("NetworkSettings") or {}).get("Networks") or {}
+        return dict(sorted(nets.items(), key=lambda kv: kv[0] != mode))
+
+    def endpoint(self, network: str) -> dict[str, Any]:
+        """How it joins `network` on another host: its aliases (but its short id, which is
+        the target copy's own), its fixed address if it has one, links and driver options."""
+        ep = self.user_networks().get(network) or {}
+        out: dict[str, Any] = {}
+        aliases = [a for a in ep.get("Aliases") or [] if not self.id.startswith(a)]
+        if aliases:
+            out["Aliases"] = aliases
+        for key in ("IPAMConfig", "Links", "DriverOpts"):
+            if ep.get(key):
+                out[key] = ep[key]
+        return out
+
     def create_body(self) -> dict[str, Any]:
-        """The Engine API create body: the same Config and HostConfig, user networks with
-        their aliases (addresses are the target's to assign)."""
+        """The Engine API create body: the same Config and HostConfig, on its own network (the
+        others are connected before it starts: API 1.41 takes one here)."""
         body: dict[str, Any] = dict(self.inspect["Config"])
         body["HostConfig"] = self.host_config
-        nets = (self.inspect.get("NetworkSettings") or {}).get("Networks") or {}
-        mode = self.network_mode
-        if mode not in ("default", "bridge", "host", "none") and not mode.startswith("container:"):
-            endpoints = {}
-            for net, ep in nets.items():
-                aliases = [a for a in ep.get("Aliases") or [] if not self.id.startswith(a)]
-                endpoints[net] = {"Aliases": aliases} if aliases else {}
-            body["NetworkingConfig"] = {"EndpointsConfig": endpoints}
+        nets = self.user_networks()
+        if nets:
+            first = next(iter(nets))
+            body["NetworkingConfig"] = {"EndpointsConfig": {first: self.endpoint(first)}}
         return body

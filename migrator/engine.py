@@ -180,8 +180,25 @@ class Engine:
         return str(self._call(f"create {name}", lambda a: a.create_container_from_config(body, name)["Id"],
                               idempotent=False))
 
-    def network_exists(self, name: str) -> bool:
-        return self._call(f"inspect network {name}", lambda a: a.inspect_network(name), None) is not None
+    def network_inspect(self, name: str) -> dict[str, Any] | None:
+        return self._call(f"inspect network {name}", lambda a: a.inspect_network(name), None)
+
+    def network_create(self, name: str, body: dict[str, Any]) -> None:
+        """`body` as `networks.create_body` makes it (the Engine API's fields)."""
+        self._call(f"create network {name}", lambda a: a._result(
+            a._post_json(a._url("/networks/create"), data={"Name": name, **body}), True), idempotent=False)
+
+    def network_remove(self, name: str) -> None:
+        self._call(f"remove network {name}", lambda a: a.remove_network(name), None)
+
+    def network_connect(self, name: str, container: str, endpoint: dict[str, Any]) -> None:
+        self._call(f"connect {container} to {name}", lambda a: a._result(a._post_json(
+            a._url("/networks/{0}/connect", name), data={"Container": container, "EndpointConfig": endpoint})))
+
+    def network_users(self, name: str) -> list[str]:
+        """Names of the containers (any state) configured on network `name`."""
+        return [c["Names"][0].lstrip("/") for c in self._call(
+            f"list containers on {name}", lambda a: a.containers(all=True, filters={"network": name}))]
 
     def volume_inspect(self, name: str) -> dict[str, Any] | None:
         return self._call(f"inspect volume {name}", lambda a: a.inspect_volume(name), None)
@@ -189,6 +206,11 @@ class Engine:
     def volume_create(self, name: str, options: dict[str, str], labels: dict[str, str]) -> None:
         self._call(f"create volume {name}", lambda a: a.create_volume(
             name, driver="local", driver_opts=options or None, labels=labels or None))
+
+    def volume_users(self, name: str) -> list[str]:
+        """Names of the containers (any state) that mount volume `name`."""
+        return [c["Names"][0].lstrip("/") for c in self._call(
+            f"list containers of {name}", lambda a: a.containers(all=True, filters={"volume": name}))]
 
     def volume_remove(self, name: str) -> None:
         self._call(f"remove volume {name}", lambda a: a.remove_volume(name, force=True), None)

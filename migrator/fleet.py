@@ -23,6 +23,7 @@ from .inventory import Inventory
 from .migrate import Event, Migration
 from .preflight import DISK_MARGIN, MEM_MARGIN
 from .probes import memory_usage
+from .project import ProjectMove, project_of
 from .shared import Shared
 from .transport import Host
 
@@ -72,6 +73,7 @@ class Move:
     memory: int = 0
     reason: str = ""
     pinned: bool = False
+    project: str = ""  # its compose project: moved with the project's other containers, as one unit
     outcome: str = "planned"  # planned | migrated | rolled_back | failed | stays
     error: str | None = None
     report: dict[str, Any] | None = None
@@ -79,10 +81,19 @@ class Move:
 
 @dataclass
 class Want:
-    """A container placement must find a target for."""
+    """A container placement must find a target for (with the rest of its compose project)."""
     move: Move
     ports: set[tuple[int, str]] = field(default_factory=set)
     constraint: str = ""  # its migrator.constraint label
+    also: list[Move] = field(default_factory=list)  # its project's other containers: they go where it goes
+
+    @property
+    def moves(self) -> list[Move]:
+        return [self.move, *self.also]
+
+    @property
+    def memory(self) -> int:
+        return sum(m.memory for m in self.moves)
 
 
 @dataclass
@@ -116,9 +127,9 @@ def _why_not(c: Candidate, w: Want, rules: list[tuple[str, str, str]]) -> str | 
     if not satisfies(c.labels, rules):
         return f"labels do not match {w.constraint}"
     booked = " (after the moves planned there)" if c.planned else ""
-    if c.mem_available - c.planned_mem < w.move.memory * MEM_MARGIN:
+    if c.mem_available - c.planned_mem < w.memory * MEM_MARGIN:
         return "not enough memory" + booked
-    if c.disk_free - c.planned_disk < w.move.memory * DISK_MARGIN:
+    if c.disk_free - c.planned_disk < w.memory * DISK_MARGIN:
         return "not enough disk" + booked
     if w.ports & c.ports:
         return "port " + ", ".join(f"{p}/{proto}" for p, proto in sorted(w.ports & c.ports)) + " taken"
@@ -130,12 +141,12 @@ def place(wants: list[Want], cands: list[Candidate]) -> None:
     not cordoned, reachable, room for its memory and checkpoint after what the plan already
     booked there, free ports, label rules honoured; the largest first, spread over the
     candidates. A pure function of the facts: no host is asked anything."""
-    for w in sorted(wants, key=lambda w: -w.move.memory):
-        m = w.move
+    for w in sorted(wants, key=lambda w: -w.memory):
         try:
             rules = parse_constraints(w.constraint)
         except MigratorError as ex:
-            m.reason = f"label {CONSTRAINT_LABEL}: {ex}"
+            for m in w.moves:
+                m.reason = f"label {CONSTRAINT_LABEL}: {ex}"
             continue
         why: dict[str, str] = {}
         fits = []
@@ -146,13 +157,15 @@ def place(wants: list[Want], cands: list[Candidate]) -> None:
             else:
                 why[c.name] = reason
         if not fits:
-            m.reason = "no target: " + "; ".join(f"{k}: {v}" for k, v in why.items()) if why else "no targets"
+            for m in w.moves:
+                m.reason = "no target: " + "; ".join(f"{k}: {v}" for k, v in why.items()) if why else "no targets"
             continue
         best = min(fits, key=lambda c: (c.planned, -(c.mem_available - c.planned_mem), c.name))
-        m.target = best.name
-        best.planned += 1
-        best.planned_mem += m.memory
-        best.planned_disk += int(m.memory * DISK_MARGIN)
+        for m in w.moves:
+            m.target = best.name
+        best.planned += len(w.moves)
+        best.planned_mem += w.memory
+        best.planned_disk += int(w.memory * DISK_MARGIN)
         best.ports |= w.ports
 
 
@@ -199,15 +212,24 @@ def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
                 continue
             specs.append(Spec(info))
         memory = memory_usage(h, engine, {spec.id: spec.pid for spec in specs})
+    units: dict[str, list[Spec]] = {}  # a compose project's containers are one unit; others each their own
     for spec in specs:
-        labels = spec.inspect["Config"].get("Labels") or {}
-        m = Move(spec.name, source, None, memory=memory.get(spec.id, 0))
-        moves.append(m)
-        if str(labels.get(PIN_LABEL, "")).lower() == "true":
-            m.pinned, m.outcome, m.reason = True, "stays", f"pinned ({PIN_LABEL}=true)"
+        units.setdefault(project_of(spec) or f"\0{spec.id}", []).append(spec)
+    for unit in units.values():
+        unit_moves = [Move(spec.name, source, None, memory=memory.get(spec.id, 0), project=project_of(spec))
+                      for spec in unit]
+        moves += unit_moves
+        labels = [spec.inspect["Config"].get("Labels") or {} for spec in unit]
+        pinned = [m.container for m, lab in zip(unit_moves, labels, strict=True)
+                  if str(lab.get(PIN_LABEL, "")).lower() == "true"]
+        if pinned:
+            for m in unit_moves:
+                m.pinned, m.outcome = True, "stays"
+                m.reason = f"pinned ({PIN_LABEL}=true)" if m.container in pinned else \
+                    f"its project {m.project} has a pinned container ({', '.join(pinned)})"
             continue
-        wants.append(Want(m, {(p, proto) for _ip, p, proto in spec.published_ports()},
-                          labels.get(CONSTRAINT_LABEL, "")))
+        wants.append(Want(unit_moves[0], {(p, proto) for spec in unit for _ip, p, proto in spec.published_ports()},
+                          ",".join(c for lab in labels if (c := lab.get(CONSTRAINT_LABEL, ""))), unit_moves[1:]))
     place(wants, cands)
     targets = [{"name": c.name, "usable": c.usable, "why": c.why, "planned": c.planned} for c in cands]
     return Plan(source, sorted(moves, key=lambda m: -m.memory), targets)
@@ -221,28 +243,37 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
     outcome, told as an "end" event."""
     shared = Shared(frozen)
     t0 = time.monotonic()
+    units: dict[str, list[Move]] = {}  # a compose project's moves go together (ProjectMove)
+    for m in plan.movable:
+        units.setdefault(m.project or f"\0{m.container}", []).append(m)
 
-    def one(m: Move) -> Move:
-        assert m.target
+    def one(unit: list[Move]) -> None:
+        first = unit[0]
+        assert first.target
+        reports: dict[str, Any] = {}
         try:
-            mig = Migration(inv, m.container, m.source, m.target, shared=shared, bind_mounts=bind_mounts,
-                            events=(lambda ev: events(m.container, ev)) if events else None)
-            m.report = mig.run().to_dict()
-            m.outcome = "migrated"
+            if first.project:
+                rep: Any = ProjectMove(inv, first.project, first.source, first.target, shared=shared, events=events,
+                                       names=[m.container for m in unit], bind_mounts=bind_mounts).run()
+            else:
+                rep = Migration(inv, first.container, first.source, first.target, shared=shared,
+                                bind_mounts=bind_mounts,
+                                events=(lambda ev: events(first.container, ev)) if events else None).run()
+            error = None
         except MigratorError as ex:
-            m.error = str(ex)
-            rep = ex.report
-            m.report = rep.to_dict() if rep is not None and hasattr(rep, "to_dict") else None
-            m.outcome = (m.report or {}).get("status") or "failed"
-        if events:
-            rep = m.report or {}
-            said = (f"in {rep.get('total_s', 0):.1f} s, downtime {rep.get('downtime_s', 0):.2f} s"
-                    if m.outcome == "migrated" else m.error or "")
-            events(m.container, Event("end", m.outcome, f"{m.source} -> {m.target}: {m.outcome} {said}".rstrip()))
-        return m
+            rep, error = ex.report, str(ex)
+        for r in getattr(rep, "moves", None) or ([rep] if rep is not None and hasattr(rep, "to_dict") else []):
+            reports[r.container] = r.to_dict()
+        for m in unit:
+            m.report, m.error = reports.get(m.container), error
+            m.outcome = "migrated" if error is None else (m.report or {}).get("status") or "failed"
+            if events:
+                said = (f"in {m.report.get('total_s', 0):.1f} s, downtime {m.report.get('downtime_s', 0):.2f} s"
+                        if m.outcome == "migrated" and m.report else m.error or "")
+                events(m.container, Event("end", m.outcome, f"{m.source} -> {m.target}: {m.outcome} {said}".rstrip()))
 
     with ThreadPoolExecutor(max(1, parallel)) as ex:
-        list(ex.map(one, plan.movable))
+        list(ex.map(one, units.values()))
     for m in plan.moves:
         if not m.target and not m.pinned:
             m.outcome = "stays"

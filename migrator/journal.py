@@ -43,6 +43,7 @@ class Entry:
     dst_img: str = ""
     # What was made or changed, in order, so it can be undone by anyone who reads this.
     undo: list[dict[str, Any]] = field(default_factory=list)
+    group: str = ""  # the unit it moves with (a compose project's move): finished or rolled back together
     started: float = field(default_factory=time.time)
     pid: int = field(default_factory=os.getpid)
 

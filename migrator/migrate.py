@@ -11,14 +11,15 @@ answer again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-from . import binds, checkpoint, journal, preflight
+from . import binds, checkpoint, journal, networks, preflight
 from .container import Spec, validate_name
 from .engine import Engine
 from .errors import LockedError, MigrationFailed, MigratorError, PreflightError, RollbackFailed
@@ -69,6 +70,7 @@ class MigrationReport:
     preflight: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    volumes_left: list[str] = field(default_factory=list)  # named volumes still on the source
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +84,8 @@ def new_id() -> str:
 class Migration:
     def __init__(self, inv: Inventory, container: str, source: str, target: str, *,
                  keep_source: bool = False, relay: bool = False, events: Events | None = None,
-                 shared: Shared | None = None, bind_mounts: str | None = None) -> None:
+                 shared: Shared | None = None, bind_mounts: str | None = None,
+                 remove_source_volumes: bool = False, group: str = "") -> None:
         self.inv = inv
         self.container = validate_name(container)
         if source == target:
@@ -101,6 +104,9 @@ class Migration:
         self.compress = True  # the memory pages, on the wire
         self.volumes_since = 0.0  # the source's clock when the volumes' presync began
         self.bind_files: dict[str, bool] = {}  # synced bind sources: is it a file (asked in the presync)
+        self.remove_source_volumes = remove_source_volumes
+        self.group = group  # the unit (a compose project's move) it is part of: recovered together
+        self.t_freeze = 0.0
 
     def begin(self, name: str) -> PhaseReport:
         """Enter phase `name`: journaled (what `recover` goes by) and told."""
@@ -133,18 +139,26 @@ class Migration:
         return lambda n: self.emit(Event("bytes", phase, bytes=n))
 
     def run(self, dry_run: bool = False) -> MigrationReport:
-        t0 = time.monotonic()
+        """The whole move: prepare, then (unless a dry run) move and commit, or roll back."""
         try:
-            return self._run(dry_run)
+            self.prepare()
+            if dry_run:
+                return self.plan_only()
+            try:
+                self.move()
+            except MigratorError as ex:
+                self.abort(ex)
+            return self.commit()
         finally:
-            self.report.total_s = round(time.monotonic() - t0, 3)
-            if self.link is not None:
-                self.report.bytes_sent = self.link.bytes_sent
-            self.src.close()
-            self.dst.close()
+            self.close()
 
-    def _run(self, dry_run: bool) -> MigrationReport:
-        source_engine, target_engine = Engine(self.src), Engine(self.dst)
+    # The steps, for a caller that moves several containers as one unit (project.py): each
+    # prepared, then each moved (its source held frozen), then all committed or all aborted.
+    def prepare(self) -> None:
+        """Resolve and preflight: the container locked and journaled, every check passed. On
+        a failure nothing is left (the error says why; exit 2)."""
+        self.t0 = time.monotonic()
+        source_engine, target_engine = self.engines = Engine(self.src), Engine(self.dst)
         try:
             with self.phase("resolve"):
                 prior = journal.unfinished(self.src.name, self.container)
@@ -156,57 +170,105 @@ class Migration:
                 if info is None:
                     raise MigratorError(f"{self.src.name}: no container {self.container!r}",
                                         hint=f"`docker ps` on {self.src.name} lists them")
-                spec = Spec(info)
+                self.spec = spec = Spec(info)
                 take_lock(self.src, spec.id, owner(op=f"migrate {self.migration_id}", container=spec.name,
                                                    target=self.dst.name))
                 self.entry = journal.Entry(self.migration_id, spec.name, spec.id, self.src.name, self.dst.name,
-                                           str(self.inv.path.resolve()), self.keep_source)
+                                           str(self.inv.path.resolve()), self.keep_source, group=self.group)
                 self.entry.save()
-            sides = Sides(self.entry, self.src, self.dst)
+            self.sides = Sides(self.entry, self.src, self.dst)
             with self.phase("preflight"):
-                source_workdir = make_workdir(self.src, self.migration_id)
+                self.source_workdir = make_workdir(self.src, self.migration_id)
                 target_workdir = make_workdir(self.dst, self.migration_id)
-                checks = preflight.run(self.src, self.dst, spec, source_workdir, target_workdir, self.shared,
+                checks = preflight.run(self.src, self.dst, spec, self.source_workdir, target_workdir, self.shared,
                                        self.bind_mounts)
                 self.memory = checks.memory_bytes
                 self.report.preflight = [asdict(c) for c in checks.checks]
                 if checks.failures:
                     raise PreflightError(checks.failures)
         except MigratorError as ex:
-            if self.entry is not None:
-                Sides(self.entry, self.src, self.dst).common_cleanup()
-                self.entry.remove()
+            self.plan_only()
             self.report.status, self.report.error = "failed", str(ex)
             ex.report = self.report
             raise
-        if dry_run:
-            sides.common_cleanup()
+
+    def plan_only(self) -> MigrationReport:
+        """End a prepared move here (a dry run, or a unit that will not move): nothing left."""
+        if self.entry is not None:
+            Sides(self.entry, self.src, self.dst).common_cleanup()
             self.entry.remove()
-            self.report.status = "planned"
-            return self.report
-        t_freeze = 0.0
-        try:
-            self._presync(spec, source_engine, target_engine, source_workdir)
-            with self.shared.window() if self.shared else contextlib.nullcontext():
-                t_freeze = time.monotonic()
-                self._move(spec, source_engine, target_engine)
-                self.report.downtime_s = round(time.monotonic() - t_freeze, 3)
-            with self.phase("verify"):  # once more, through Docker: it runs and answers
-                if not answers(self.dst, target_engine, spec.name, self.entry.ports, timeout=30):
-                    raise MigratorError(f"{self.dst.name}: {spec.name} started but does not answer")
-        except MigratorError as ex:
-            self.emit(Event("warn", "rollback", f"{ex}; rolling back"))
-            with self.phase("rollback"):
-                back, left = sides.roll_back()
-            if t_freeze:  # frozen from then until the rollback gave it back (or for good)
-                self.report.downtime_s = round(time.monotonic() - t_freeze, 3)
-            return self._failed(ex, left, back, sides.restored)
+        self.report.status = "planned"
+        return self.report
+
+    def move(self) -> None:
+        """Presync, then switch. The source stays held (frozen) until `commit` or `abort`; a
+        failure here is for `abort` to roll back."""
+        self.presync()
+        self.switch()
+
+    def presync(self) -> None:
+        """Everything that can be done while the source runs: link, image, volumes, the
+        target copy created."""
+        self._presync(self.spec, *self.engines, self.source_workdir)
+
+    def switch(self) -> None:
+        """Freeze, copy, restore, verify."""
+        source_engine, target_engine = self.engines
+        spec = self.spec
+        with self.shared.window() if self.shared else contextlib.nullcontext():
+            self.t_freeze = time.monotonic()
+            self._move(spec, source_engine, target_engine)
+            self.report.downtime_s = round(time.monotonic() - self.t_freeze, 3)
+        with self.phase("verify"):  # once more, through Docker: it runs and answers
+            if not answers(self.dst, target_engine, spec.name, self.entry.ports, timeout=30):  # type: ignore[union-attr]
+                raise MigratorError(f"{self.dst.name}: {spec.name} started but does not answer")
+
+    def abort(self, cause: MigratorError) -> NoReturn:
+        """Roll back (the target copy gone, the source running again) and raise what happened."""
+        self.emit(Event("warn", "rollback", f"{cause}; rolling back"))
+        with self.phase("rollback"):
+            back, left = self.sides.roll_back()
+        if self.t_freeze:  # frozen from then until the rollback gave it back (or for good)
+            self.report.downtime_s = round(time.monotonic() - self.t_freeze, 3)
+        self._failed(cause, left, back, self.sides.restored)
+
+    def commit(self) -> MigrationReport:
+        """The target copy is the container now: the source goes, with what was temporary."""
+        assert self.entry is not None
         with self.phase("cleanup"):
-            self.report.warnings += sides.finish()
-        if not sides.unfinished:  # else `recover` finishes it (the entry stays, in cleanup)
+            self.report.warnings += self.sides.finish()
+            if not self.keep_source:
+                self._source_volumes()
+        if not self.sides.unfinished:  # else `recover` finishes it (the entry stays, in cleanup)
             self.entry.remove()
         self.report.status = "migrated"
         return self.report
+
+    def _source_volumes(self) -> None:
+        """The named volumes the source copy used stay there (its data as of the move), said
+        in the report, unless told to remove them (and nothing else there uses them)."""
+        source_engine = self.engines[0]
+        for m in self.spec.named_volumes():
+            name = m["Name"]
+            if self.remove_source_volumes and not source_engine.volume_users(name):
+                try:
+                    source_engine.volume_remove(name)
+                    continue
+                except MigratorError as ex:
+                    self.report.warnings.append(f"{self.src.name}: volume {name} could not be removed: {ex}")
+            self.report.volumes_left.append(name)
+        if self.report.volumes_left and not self.remove_source_volumes:
+            self.report.warnings.append(
+                f"{self.src.name}: volume{'s' if len(self.report.volumes_left) > 1 else ''} "
+                f"{', '.join(self.report.volumes_left)} left there (the data as it was at the move); "
+                "--remove-source-volumes removes them")
+
+    def close(self) -> None:
+        self.report.total_s = round(time.monotonic() - getattr(self, "t0", time.monotonic()), 3)
+        if self.link is not None:
+            self.report.bytes_sent = self.link.bytes_sent
+        self.src.close()
+        self.dst.close()
 
     def _presync(self, spec: Spec, source_engine: Engine, target_engine: Engine, workdir: str) -> None:
         assert self.entry is not None
@@ -251,8 +313,13 @@ class Migration:
                 file = self.bind_files[m["Source"]] = not binds.is_dir(self.src, m["Source"])
                 self.dst.run(["mkdir", "-p", m["Source"].rsplit("/", 1)[0] if file else m["Source"]])
                 phase.bytes += link.sync_dir(m["Source"], m["Source"], file=file)
+            for name, endpoint in spec.user_networks().items():  # once per target and network in a batch
+                once(self.shared, ("network", self.dst.name, name), functools.partial(
+                    self._make_network, name, bool(networks.fixed_address(endpoint)), source_engine, target_engine))
             self.entry.target_id = target_engine.create(spec.name, spec.create_body())
             self.entry.save()
+            for name in list(spec.user_networks())[1:]:  # API 1.41 creates on one network
+                target_engine.network_connect(name, self.entry.target_id, spec.endpoint(name))
             self.entry.ports = open_ports(self.src, source_engine, spec.id)
             self.root = runtime_root(self.src, spec.id)
             self.entry.src_img = image_dir(self.src, self.migration_id, self.memory)
@@ -275,6 +342,14 @@ class Migration:
                     "Name": policy["Name"], "MaximumRetryCount": policy.get("MaximumRetryCount", 0)})
                 source_engine.update_restart_policy(spec.id, {"Name": "no"})
             self.entry.save()
+
+    def _make_network(self, name: str, fixed: bool, source_engine: Engine, target_engine: Engine) -> None:
+        """A user network the target lacks, made like the source's (networks.create_body)."""
+        if target_engine.network_inspect(name) is not None:
+            return
+        self.record(kind="network", name=name)
+        target_engine.network_create(name, networks.create_body(source_engine.network_inspect(name) or {}, fixed))
+        self.emit(Event("info", "presync", f"{self.dst.name}: network {name} made like {self.src.name}'s"))
 
     def _synced_binds(self, spec: Spec) -> list[dict[str, Any]]:
         """The bind mounts this move copies (--bind-mounts sync)."""
@@ -329,7 +404,7 @@ class Migration:
             checkpoint.start_from_images(self.dst, target_engine, entry.target_id, entry.dst_img, self.migration_id,
                                          verify=link.direct, ports=entry.ports, pages=pages, published=published)
 
-    def _failed(self, cause: MigratorError, left: list[str], back: bool, restored: bool) -> MigrationReport:
+    def _failed(self, cause: MigratorError, left: list[str], back: bool, restored: bool) -> NoReturn:
         assert self.entry is not None
         self.report.error = str(cause)
         self.report.warnings += left

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import binds, hosts
+from . import binds, hosts, networks
 from .container import Spec
 from .engine import Engine
 from .errors import MigratorError, tail
@@ -157,9 +157,10 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
     mode = spec.network_mode
     if mode.startswith("container:"):
         checks.add(s, "network", False, f"{mode}: shares another container's network; move that one")
-    elif mode not in ("default", "bridge", "host", "none"):
-        checks.add(t, "network", target_engine.network_exists(mode),
-               f"network {mode!r} missing; `docker network create {mode}` there")
+    for name, endpoint in spec.user_networks().items():
+        theirs = target_engine.network_inspect(name)
+        blocked = networks.refusal(name, source_engine.network_inspect(name), theirs, endpoint, s, t)
+        checks.add(t, f"network {name}", blocked is None, blocked or ("there" if theirs else f"made like {s}'s"))
     other = target_engine.inspect(spec.name)
     checks.add(t, "name free", other is None, f"a container named {spec.name} exists there; remove or rename it")
     tagged = target_engine.image_inspect(spec.image_ref)

@@ -102,6 +102,16 @@ fi
 # The newer Docker engines a lab host can run (26, 28): unpacked, never installed.
 bash "$(dirname "$0")/engines.sh"
 
+# Docker Compose v2 (`docker compose`), for the tests of compose projects: Debian 12 has
+# only the Python v1; trixie's package (a Go binary needing only libc) is reached through
+# the entry engines.sh added (pinned to 1: installed at this version only, never upgraded).
+COMPOSE=2.26.1-4
+if [ "$(dpkg-query -W -f='${Version}' docker-compose 2>/dev/null)" != "$COMPOSE" ]; then
+    say "installing docker-compose $COMPOSE (trixie)"
+    apt-get install -y -qq --no-install-recommends "docker-compose=$COMPOSE" >/dev/null 2>&1 ||
+        { apt-get update -qq; apt-get install -y -qq --no-install-recommends "docker-compose=$COMPOSE" >/dev/null; }
+fi
+
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 venv=${VENV:-.venv}

@@ -106,6 +106,14 @@ def fleet_events(container: str, ev: Any) -> None:
         err.print(styled("yellow", f"  {container}: {ev.message}"), highlight=False)
 
 
+def project_events(container: str, ev: Any) -> None:
+    """A project move's events: each member's phases as they start, and warnings."""
+    if ev.kind == "phase":
+        err.print(styled("bold", f"{container}:", f" {ev.phase} ..."), highlight=False)
+    elif ev.kind in ("info", "warn"):
+        err.print(styled("yellow" if ev.kind == "warn" else "dim", f"  {container}: {ev.message}"), highlight=False)
+
+
 def status_table(rows: list[HostStatus]) -> Table:
     t = Table("host", "address", "reachable", "docker", "api", "storage", "criu", "running", "note")
     for r in rows:

@@ -96,7 +96,8 @@ def reset(h: LabHost) -> None:
     """An empty host: no containers, volumes, migrator state, CRIU config or transfer keys."""
     for c in h.engine.containers(all=True):
         h.engine.remove_container(c["Id"])
-    h.sh("bash", "-c", "docker volume prune -f >/dev/null; rm -rf /var/lib/migrator/* "
+    h.sh("bash", "-c", "docker volume prune -f >/dev/null; docker network prune -f >/dev/null; "
+         "rm -rf /var/lib/migrator/* "
          "/etc/criu/runc.conf /tmp/ctrd-checkpoint*; sed -i '/migrator-transfer-/d' ~/.ssh/authorized_keys",
          check=False)
 

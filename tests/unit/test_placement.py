@@ -94,3 +94,20 @@ def test_a_plans_summary_counts_outcomes_and_the_longest_downtime() -> None:
              Move("d", "s", None, outcome="stays")]
     s = Plan("s", moves, [], seconds=12.5).summary()
     assert s == {"outcomes": {"migrated": 2, "rolled_back": 1, "stays": 1}, "seconds": 12.5, "max_downtime_s": 1.2}
+
+
+def test_a_compose_project_is_placed_whole_on_one_host_booked_as_one() -> None:
+    """Its containers go together: to a host with room for all of them, booked as their sum."""
+    small = host("small", mem=int(150 * MiB), disk=10_000 * MiB)  # room for any one, not for the three
+    big = host("big", mem=int(400 * MiB), disk=10_000 * MiB)
+    members = [Move(n, "src", None, memory=100 * MiB, project="shop") for n in ("db", "app", "front")]
+    unit = Want(members[0], {(7380, "tcp")}, "", members[1:])
+    lone = want("lone", 100 * MiB)
+    place([lone, unit], [small, big])
+    assert [m.target for m in members] == ["big"] * 3 and lone.move.target == "small"
+    assert big.planned == 3 and big.planned_mem == 300 * MiB and big.ports == {(7380, "tcp")}
+    members = [Move(n, "src", None, memory=200 * MiB, project="shop") for n in ("db", "app")]
+    unit = Want(members[0], set(), "", members[1:])
+    place([unit], [host("t", mem=int(450 * MiB), disk=10_000 * MiB)])  # 400 MiB x 1.25 does not fit
+    assert [m.target for m in members] == [None, None]
+    assert all(m.reason == "no target: t: not enough memory" for m in members)
