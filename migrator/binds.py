@@ -7,6 +7,11 @@
 - `shared`: the path is the same storage on both hosts (NFS, a cluster filesystem); it is
   proven first: a marker written under it on the source must be read under it on the
   target, or the move is refused.
+
+A clone takes them the same way (on its own host only `shared`: the copy mounts the same
+path). A stored checkpoint keeps a copy of each with `sync` (`pack`), which a restore puts
+back only where the path is missing or empty; with `shared` it keeps only the paths, which
+must be there where it is restored.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from . import shell
 from .errors import MigratorError
 from .transport import Host
 
@@ -70,3 +76,31 @@ def first_missing(dst: Host, path: str) -> str | None:
     r = dst.run(["bash", "-c", 'p=$1; m=; while [ -n "$p" ] && [ ! -e "$p" ]; do m=$p; p=${p%/*}; done; '
                  'printf %s "$m"', "_", path.rstrip("/")], check=False)
     return r.stdout or None
+
+
+def pack(host: Host, path: str, archive: str) -> None:
+    """A bind source (directory or file) into a compressed tar, owners and modes kept."""
+    parent, name = path.rstrip("/").rsplit("/", 1)
+    host.run(shell.pipeline([*shell.TAR, "-C", parent or "/", "-cf", "-", name],
+                            [*shell.ZSTD[:-1], "-f", "-o", archive]))
+
+
+def unpack(host: Host, archive: str, path: str) -> None:
+    """`pack`'s archive back at `path` (which must be missing, or an empty directory)."""
+    parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
+    host.run(["mkdir", "-p", parent])
+    host.run(shell.pipeline([*shell.UNZSTD, archive], [*shell.TAR, "-C", parent, "-xpf", "-"]))
+
+
+def refusals(src: Host, dst: Host | None, mounts: list[dict[str, Any]], mode: str | None) -> list[str]:
+    """Why the bind mounts cannot go the way `mode` says to dst (None: the same host, as a
+    clone there or a checkpoint is), or nothing."""
+    if not mounts:
+        return []
+    if mode is None:
+        return [refusal(mounts)]
+    if dst is None:
+        return []
+    found = [sync_blocker(dst, m["Source"]) if mode == "sync" else shared_proof(src, dst, m["Source"])
+             for m in mounts]
+    return [why for why in found if why]

@@ -8,7 +8,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from . import checkpoint, store
+from . import binds, checkpoint, store
 from .container import Spec, validate_name
 from .engine import Engine
 from .errors import MigratorError
@@ -46,7 +46,7 @@ def parse_publish(values: list[str]) -> dict[str, list[dict[str, str]]]:
 
 
 def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str] | None = None,
-          relay: bool = False) -> CloneReport:
+          relay: bool = False, bind_mounts: str | None = None) -> CloneReport:
     t0 = time.monotonic()
     container, new_name = validate_name(container), validate_name(new_name)
     rep = CloneReport(container, new_name, src.name, dst.name)
@@ -64,14 +64,21 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
     body = spec.create_body()
     hc = dict(body["HostConfig"])
     same_host = src.spec == dst.spec
+    mounts = spec.bind_mounts()
+    if mounts and same_host and binds.check_mode(bind_mounts) == "sync":
+        raise MigratorError(f"{src.name}: a clone on the same host mounts the same host paths as {container}; "
+                            "pass --bind-mounts shared to share them knowingly, or clone to another host")
+    refused = binds.refusals(src, None if same_host else dst, mounts, bind_mounts)
+    if refused:
+        raise MigratorError(f"{container}: " + "; ".join(refused))
     if publish is not None:
         hc["PortBindings"] = parse_publish(publish)
         body["ExposedPorts"] = {**(body.get("ExposedPorts") or {}), **{k: {} for k in hc["PortBindings"]}}
     elif same_host and hc.get("PortBindings"):
         hc["PortBindings"] = {}
         rep.notes.append("published ports dropped (same host); use --publish HOST:CONTAINER for the clone")
-    for key, binds in (hc.get("PortBindings") or {}).items():
-        for b in binds:
+    for key, bound in (hc.get("PortBindings") or {}).items():
+        for b in bound:
             user = port_user(dst, target_engine, int(b["HostPort"]), key.split("/")[1])
             if user:
                 raise MigratorError(f"{dst.name}: port {b['HostPort']} is in use ({user})",
@@ -82,6 +89,7 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
     source_workdir = make_workdir(src, operation)
     payload = f"{source_workdir}/cp"
     link: Link | None = None
+    made: list[str] = []  # bind paths the copy made on the target: removed again if the clone fails
     try:
         src.run(["mkdir", "-m", "0700", payload])
         checkpoint.dump(src, spec.id, f"{payload}/criu", root=runtime_root(src, spec.id), leave_running=True)
@@ -97,7 +105,16 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
             dst.run(["mkdir", "-m", "0700", f"{target_workdir}/cp"])
             rep.bytes_sent += link.copy_dir(payload, f"{target_workdir}/cp", verify=True)
             where = f"{target_workdir}/cp"
+            for m in mounts if bind_mounts == "sync" else []:  # as they are now, just after the dump
+                made += [p for p in [binds.first_missing(dst, m["Source"])] if p]
+                file = not binds.is_dir(src, m["Source"])
+                dst.run(["mkdir", "-p", m["Source"].rsplit("/", 1)[0] if file else m["Source"]])
+                rep.bytes_sent += link.sync_dir(m["Source"], m["Source"], file=file)
         rep.clone_id = store.start_from(dst, where, new_name, body)
+    except MigratorError:
+        for path in made:
+            dst.run(["rm", "-rf", "--one-file-system", "--", path], check=False)
+        raise
     finally:
         if link is not None:
             link.close()

@@ -169,6 +169,9 @@ class Engine:
     def remove_container(self, container: str) -> None:
         self._call(f"remove {container}", lambda a: a.remove_container(container, force=True), None)
 
+    def rename(self, container: str, name: str) -> None:
+        self._call(f"rename {container} to {name}", lambda a: a.rename(container, name), idempotent=False)
+
     def update_restart_policy(self, container: str, policy: dict[str, Any]) -> None:
         self._call(f"update {container}", lambda a: a.update_container(container, restart_policy=policy))
 

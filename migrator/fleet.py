@@ -237,7 +237,7 @@ def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
 
 def execute(inv: Inventory, plan: Plan, parallel: int = 1,
             events: Callable[[str, Event], None] | None = None, frozen: int = 1,
-            bind_mounts: str | None = None) -> list[Move]:
+            bind_mounts: str | None = None, remove_source_volumes: bool = False) -> list[Move]:
     """Run the plan's moves, at most `parallel` at once and `frozen` of them in their freeze
     window, sharing what is the same for all of them (`Shared`). Every move ends with an
     outcome, told as an "end" event."""
@@ -254,10 +254,11 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
         try:
             if first.project:
                 rep: Any = ProjectMove(inv, first.project, first.source, first.target, shared=shared, events=events,
-                                       names=[m.container for m in unit], bind_mounts=bind_mounts).run()
+                                       names=[m.container for m in unit], bind_mounts=bind_mounts,
+                                       remove_source_volumes=remove_source_volumes).run()
             else:
                 rep = Migration(inv, first.container, first.source, first.target, shared=shared,
-                                bind_mounts=bind_mounts,
+                                bind_mounts=bind_mounts, remove_source_volumes=remove_source_volumes,
                                 events=(lambda ev: events(first.container, ev)) if events else None).run()
             error = None
         except MigratorError as ex:
@@ -283,7 +284,8 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
 
 def drain(inv: Inventory, source: str, *, to: list[str] | None = None, select: str | None = None,
           parallel: int = 1, dry_run: bool = False, frozen: int = 1, bind_mounts: str | None = None,
-          events: Callable[[str, Event], None] | None = None, reason: str = "drain") -> Plan:
+          remove_source_volumes: bool = False, events: Callable[[str, Event], None] | None = None,
+          reason: str = "drain") -> Plan:
     plan = plan_drain(inv, source, to, select)
     unplaced = [m for m in plan.moves if not m.target and not m.pinned]
     if unplaced and not plan.movable and all(not t["usable"] for t in plan.targets):
@@ -294,7 +296,7 @@ def drain(inv: Inventory, source: str, *, to: list[str] | None = None, select: s
         return plan
     with Host(inv.host(source)) as h:
         hosts.cordon(h, reason)
-    execute(inv, plan, parallel, events, frozen, bind_mounts)
+    execute(inv, plan, parallel, events, frozen, bind_mounts, remove_source_volumes)
     return plan
 
 

@@ -42,7 +42,8 @@ def parse_duration(text: str) -> float:
 class Persist:
     def __init__(self, host: Host, container: str, every: float, keep: int, *,
                  replicate_to: Host | None = None, say: Say | None = None,
-                 stop: threading.Event | None = None, retry_for: float = 60.0) -> None:
+                 stop: threading.Event | None = None, retry_for: float = 60.0,
+                 bind_mounts: str | None = None) -> None:
         if keep < 1:
             raise MigratorError("--keep must be at least 1")
         self.host, self.container = host, validate_name(container)
@@ -51,6 +52,7 @@ class Persist:
         self.stop = stop or threading.Event()
         self.retry_for = retry_for
         self.taken = 0
+        self.bind_mounts = bind_mounts
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         def before_sleep(state: RetryCallState) -> None:
@@ -70,7 +72,7 @@ class Persist:
     def once(self) -> store.Stored:
         t0 = time.monotonic()
         s = self._retrying("checkpoint", lambda: store.create(self.host, self.container, leave_running=True,
-                                                               keep=self.keep))
+                                                               keep=self.keep, bind_mounts=self.bind_mounts))
         line = f"{s.name}: {s.size / 1048576:.1f} MiB in {time.monotonic() - t0:.2f} s"
         if self.replica is not None:
             rep = self.replica
@@ -99,13 +101,15 @@ class Persist:
 
 
 def systemd_unit(inventory: Path, container: str, host: str, every: str, keep: int,
-                 replicate_to: str | None) -> str:
+                 replicate_to: str | None, bind_mounts: str | None = None) -> str:
     """A unit that runs this persist as a service (restarted if it fails)."""
     argv = [sys.argv[0] if Path(sys.argv[0]).name == "migrator" else "migrator",
             "-i", str(inventory.resolve()), "persist", container, "--on", host, "--every", every,
             "--keep", str(keep)]
     if replicate_to:
         argv += ["--replicate-to", replicate_to]
+    if bind_mounts:
+        argv += ["--bind-mounts", bind_mounts]
     return (
         "[Unit]\n"
         f"Description=migrator: rolling checkpoints of {container} on {host}\n"

@@ -26,23 +26,24 @@ from typing import Any
 
 import yaml
 
-from . import fleet, hosts, store
+from . import binds, fleet, hosts, store
 from .errors import MigratorError, PlaybookError
 from .inventory import Inventory
 from .migrate import Migration
+from .project import ProjectMove
 from .transport import Host, wait_for
 
 ACTIONS = {"cordon", "uncordon", "drain", "run", "reboot", "wait_for_ssh", "migrate", "checkpoint", "confirm",
            "move_back"}
 PARAMS: dict[str, set[str]] = {
-    "cordon": {"reason"}, "uncordon": set(), "drain": {"to", "select", "parallel"},
+    "cordon": {"reason"}, "uncordon": set(), "drain": {"to", "select", "parallel", "bind_mounts"},
     "run": {"command", "timeout"}, "reboot": {"command", "engine"}, "wait_for_ssh": {"timeout"},
-    "move_back": {"parallel"},
-    "migrate": {"container", "to"}, "checkpoint": {"container", "keep"}, "confirm": {"message"},
+    "move_back": {"parallel", "bind_mounts"},
+    "migrate": {"container", "project", "to", "bind_mounts"}, "checkpoint": {"container", "keep", "bind_mounts"},
+    "confirm": {"message"},
 }
 VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-REQUIRED: dict[str, set[str]] = {"run": {"command"}, "migrate": {"container", "to"},
-                                 "checkpoint": {"container"}}
+REQUIRED: dict[str, set[str]] = {"run": {"command"}, "migrate": {"to"}, "checkpoint": {"container"}}
 Say = Callable[[str], None]
 
 
@@ -130,6 +131,11 @@ def load(path: Path, extra_vars: dict[str, str] | None = None) -> Playbook:
         missing = REQUIRED.get(action, set()) - set(params)
         if missing:
             raise PlaybookError(f"{path}: step {i} ({action}): missing {', '.join(sorted(missing))}")
+        if action == "migrate" and ("container" in params) == ("project" in params):
+            raise PlaybookError(f"{path}: step {i} (migrate): name a container or a project (one of them)")
+        if params.get("bind_mounts") not in (None, *binds.MODES):
+            raise PlaybookError(f"{path}: step {i} ({action}): bind_mounts is {params['bind_mounts']!r}; "
+                                f"expected one of {', '.join(binds.MODES)}")
         steps.append(Step(i, action, params, str(raw.get("name") or action)))
     if not steps:
         raise PlaybookError(f"{path}: no steps")
@@ -209,24 +215,26 @@ class Play:
                         raise err from None
         return rep
 
-    def _move_back(self, host: str, rep: PlayReport, parallel: int) -> str:
+    def _move_back(self, host: str, rep: PlayReport, parallel: int, bind_mounts: str | None) -> str:
         """The containers this play's drain of `host` moved away go back to it."""
-        moved = [(m["container"], m["target"]) for plan in rep.plans if plan["source"] == host
-                 for m in plan["moves"] if m["outcome"] == "migrated" and m["target"]]
+        moved = [(m["container"], m["target"], m.get("project") or "") for plan in rep.plans
+                 if plan["source"] == host for m in plan["moves"] if m["outcome"] == "migrated" and m["target"]]
         if not moved:
             return "nothing to move back"
-        back = fleet.Plan(host, [fleet.Move(container, target, host) for container, target in moved], [])
-        fleet.execute(self.inv, back, parallel)
+        back = fleet.Plan(host, [fleet.Move(container, target, host, project=project)
+                                 for container, target, project in moved], [])
+        fleet.execute(self.inv, back, parallel, bind_mounts=bind_mounts)
         failed = [f"{m.container}: {m.error}" for m in back.moves if m.outcome != "migrated"]
         if failed:
             raise PlaybookError(f"moving back to {host} failed: {'; '.join(failed)}")
-        return ", ".join(f"{c}<-{t}" for c, t in moved)
+        return ", ".join(f"{c}<-{t}" for c, t, _ in moved)
 
     def _do(self, action: str, host: str, p: dict[str, Any], dry_run: bool, rep: PlayReport) -> str:
         spec = self.inv.host(host)
         if action == "drain":
             plan = fleet.drain(self.inv, host, to=_host_list(p.get("to")), select=p.get("select"),
-                               parallel=int(p.get("parallel", 1)), dry_run=dry_run, reason="playbook")
+                               parallel=int(p.get("parallel", 1)), dry_run=dry_run, reason="playbook",
+                               bind_mounts=p.get("bind_mounts"))
             rep.plans.append(plan.to_dict())
             moved = ", ".join(f"{m.container}->{m.target or 'stays'}" for m in plan.moves)
             moved = moved or "nothing to move"
@@ -259,7 +267,7 @@ class Play:
             raise PlaybookError(f"{host}: reboot's engine is for lab hosts; upgrade a real host's Docker with a "
                                 "`run` step before the reboot")
         if action == "move_back":
-            return self._move_back(host, rep, int(p.get("parallel", 1)))
+            return self._move_back(host, rep, int(p.get("parallel", 1)), p.get("bind_mounts"))
         with Host(spec) as h:
             if action == "cordon":
                 hosts.cordon(h, p.get("reason", "playbook"))
@@ -279,10 +287,12 @@ class Play:
                 return "reboot requested"
             if action == "checkpoint":
                 s = store.create(h, str(p["container"]), leave_running=True,
-                                 keep=int(p["keep"]) if "keep" in p else None)
+                                 keep=int(p["keep"]) if "keep" in p else None, bind_mounts=p.get("bind_mounts"))
                 return f"checkpoint {s.name}"
+        if action == "migrate" and "project" in p:
+            r3 = ProjectMove(self.inv, str(p["project"]), host, str(p["to"]), bind_mounts=p.get("bind_mounts")).run()
+            return f"project {r3.project} ({len(r3.moves)} containers) migrated in {r3.total_s:.1f} s"
         if action == "migrate":
-            m = Migration(self.inv, str(p["container"]), host, str(p["to"]))
-            r2 = m.run()
+            r2 = Migration(self.inv, str(p["container"]), host, str(p["to"]), bind_mounts=p.get("bind_mounts")).run()
             return f"migrated in {r2.total_s:.1f} s (downtime {r2.downtime_s:.2f} s)"
         raise PlaybookError(f"unknown action {action}")

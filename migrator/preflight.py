@@ -105,17 +105,6 @@ def cpu_compatible(src: Host, dst: Host, source_workdir: str, target_workdir: st
     return checks.checks
 
 
-def bind_refusals(src: Host, dst: Host, mounts: list[dict], mode: str | None) -> list[str]:
-    """Why the bind mounts cannot move the way `mode` says (binds.py)."""
-    if not mounts:
-        return []
-    if mode is None:
-        return [binds.refusal(mounts)]
-    found = [binds.sync_blocker(dst, m["Source"]) if mode == "sync" else binds.shared_proof(src, dst, m["Source"])
-             for m in mounts]
-    return [why for why in found if why]
-
-
 def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: str,
         shared: Shared | None = None, bind_mounts: str | None = None) -> Preflight:
     """Every check of moving `spec` from src to dst. With `shared` (a batch of moves), what
@@ -152,7 +141,7 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
     checks.add(s, "tty", not config.get("Tty"), f"{spec.name} has a TTY (-t); CRIU cannot checkpoint it "
            "through Docker; recreate it without -t")
     if spec.bind_mounts():
-        refused = bind_refusals(src, dst, spec.bind_mounts(), bind_mounts)
+        refused = binds.refusals(src, dst, spec.bind_mounts(), bind_mounts)
         checks.add(t if bind_mounts else s, "bind mounts", not refused, "; ".join(refused) or str(bind_mounts))
     mode = spec.network_mode
     if mode.startswith("container:"):

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import checkpoint
+from . import binds, checkpoint
 from .container import Spec, validate_name
 from .engine import Engine
 from .errors import CheckpointError, MigratorError
@@ -42,6 +43,8 @@ class Stored:
     image_id: str
     source_host: str  # where it was taken; differs from `host` for a replica
     path: str
+    # its bind mounts: {"path", "mode": "sync" (a copy in binds/N.tar.zst) | "shared"}
+    binds: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def replica(self) -> bool:
@@ -68,10 +71,10 @@ def container_dir(container: str) -> str:
 
 
 def create(host: Host, container: str, name: str | None = None, *, leave_running: bool = True,
-           keep: int | None = None) -> Stored:
+           keep: int | None = None, bind_mounts: str | None = None) -> Stored:
     """Checkpoint `container` on `host` into the store. With `keep`, the oldest are removed
     once the new one is fully written and just before it is published, so there are never
-    more than `keep` complete ones."""
+    more than `keep` complete ones. Bind mounts as `bind_mounts` says (binds.py)."""
     container = validate_name(container)
     name = validate_cp_name(name or new_name())
     engine = Engine(host)
@@ -82,6 +85,9 @@ def create(host: Host, container: str, name: str | None = None, *, leave_running
     if not spec.running:
         raise CheckpointError(f"{host.name}: {spec.name} is not running; nothing to checkpoint",
                               hint=f"`migrator restore {spec.name} --on {host.name}` starts it from one")
+    refused = binds.refusals(host, None, spec.bind_mounts(), binds.check_mode(bind_mounts))
+    if refused:
+        raise CheckpointError(f"{host.name}: {spec.name}: " + "; ".join(refused))
     take_lock(host, spec.id, owner(op=f"checkpoint {name}", container=spec.name))
     base = container_dir(spec.name)
     tmp, final = f"{base}/.tmp-{name}", f"{base}/{name}"
@@ -95,10 +101,16 @@ def create(host: Host, container: str, name: str | None = None, *, leave_running
         upper = upper_dir(host, spec.inspect)
         if upper:
             checkpoint.pack_fs(host, upper, f"{tmp}/fs.tar.zst")
+        kept = []
+        for i, m in enumerate(spec.bind_mounts()):  # as they are just after the dump
+            if bind_mounts == "sync":
+                host.run(["mkdir", "-p", "-m", "0700", f"{tmp}/binds"])
+                binds.pack(host, m["Source"], f"{tmp}/binds/{i}.tar.zst")
+            kept.append({"path": m["Source"], "mode": bind_mounts, "archive": f"binds/{i}.tar.zst"})
         host.put(json.dumps(spec.inspect).encode(), f"{tmp}/config.json")
         size = int(host.run(["du", "-sb", tmp]).stdout.split()[0])
         meta = {"container": spec.name, "name": name, "created": time.time(), "size": size,
-                "image": spec.image_ref, "image_id": spec.image_id, "source_host": host.name}
+                "image": spec.image_ref, "image_id": spec.image_id, "source_host": host.name, "binds": kept}
         host.put(json.dumps(meta).encode(), f"{tmp}/meta.json")
         manifest(host, tmp)
         _publish(host, spec.name, tmp, final, keep)
@@ -121,7 +133,7 @@ def list_(host: Host, container: str | None = None) -> list[Stored]:
         path, _, meta = line.partition("\t")
         try:
             m = json.loads(meta)
-            out.append(Stored(host=host.name, path=path, **{k: m[k] for k in (
+            out.append(Stored(host=host.name, path=path, binds=list(m.get("binds") or []), **{k: m[k] for k in (
                 "container", "name", "created", "size", "image", "image_id", "source_host")}))
         except (ValueError, KeyError, TypeError):
             continue  # not ours, or damaged: never offered for restore
@@ -222,7 +234,8 @@ def start_from(host: Host, directory: str, name: str, body: dict[str, Any],
 
 def restore(host: Host, container: str, name: str = "latest", from_host: Host | None = None) -> Stored:
     """Bring `container` back on `host` from a stored checkpoint (its own, or one on
-    `from_host`, copied here first). A stopped or dead container of that name is replaced."""
+    `from_host`, copied here first). A stopped or dead container of that name is replaced
+    (kept under another name until the restore has worked, and given its name back if not)."""
     container = validate_name(container)
     engine = Engine(host)
     if from_host is not None:
@@ -237,7 +250,42 @@ def restore(host: Host, container: str, name: str = "latest", from_host: Host | 
         raise CheckpointError(f"{host.name}: image {stored.image} ({stored.image_id[:19]}) is missing",
                               hint="load it there (docker save | docker load), then restore again")
     spec = Spec(json.loads(host.get(f"{stored.path}/config.json")))
+    put = _bind_sources(host, stored, spec)
+    if existing is not None:  # out of the way, kept until the restore has worked
+        engine.rename(existing["Id"], f"{container}-replaced-{secrets.token_hex(3)}")
+    try:
+        start_from(host, stored.path, container, spec.create_body())
+    except MigratorError:
+        for path in put:
+            host.run(["rm", "-rf", "--one-file-system", "--", path], check=False)
+        if existing is not None:
+            engine.rename(existing["Id"], container)
+        raise
     if existing is not None:
         engine.remove_container(existing["Id"])
-    start_from(host, stored.path, container, spec.create_body())
     return stored
+
+
+def _bind_sources(host: Host, stored: Stored, spec: Spec) -> list[str]:
+    """Each bind source of the checkpointed container on `host`: put back from the
+    checkpoint's copy where it is missing or an empty directory, else left as it is (never
+    overwritten); refused, before anything changes, when it is missing and the checkpoint
+    has no copy. Returns what it made (the topmost paths), for a failed restore to remove."""
+    kept = {b["path"]: b for b in stored.binds if b.get("mode") == "sync"}
+    todo, without = [], []
+    for m in spec.bind_mounts():
+        path = m["Source"]
+        if path in kept and binds.sync_blocker(host, path) is None:  # missing or empty: the copy goes there
+            todo.append(path)
+        elif not host.ok(["test", "-e", path]):
+            without.append(path)
+    if without:
+        raise CheckpointError(f"{host.name}: bind-mounted {', '.join(without)} missing here, and checkpoint "
+                              f"{stored.name} holds no copy", hint="make them there (shared storage), or take "
+                              "checkpoints with --bind-mounts sync")
+    made = []
+    for path in todo:
+        top = binds.first_missing(host, path)
+        binds.unpack(host, f"{stored.path}/{kept[path]['archive']}", path)
+        made += [top] if top else []
+    return made

@@ -58,6 +58,19 @@ if ! dpkg-query -W -f='${Status}' postgresql-15 2>/dev/null | grep -q "install o
     [ "$policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
 fi
 
+# nginx's binary, for the lab's lab/nginx image (a web server of its own user with worker
+# processes): Debian 12's package unpacked under /var/cache/migrator/nginx, never installed
+# (no service, no /etc/nginx on this machine).
+NGINX=/var/cache/migrator/nginx
+if [ ! -x "$NGINX/root/usr/sbin/nginx" ]; then
+    apt_update
+    say "unpacking nginx (Debian 12's package, not installed) into $NGINX"
+    rm -rf "$NGINX"; mkdir -p "$NGINX/deb"
+    (cd "$NGINX/deb" && apt-get download -qq nginx 2>/dev/null)
+    dpkg-deb -x "$NGINX"/deb/nginx_*.deb "$NGINX/root"
+    "$NGINX/root/usr/sbin/nginx" -v 2>/dev/null
+fi
+
 if criu_ok; then
     say "criu $(criu --version | sed -n 's/^Version: *//p') present at $(command -v criu)"
 else

@@ -24,6 +24,10 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 BindMounts = Annotated[str | None, typer.Option(
     "--bind-mounts", help="sync: copy bind-mounted host paths to the same paths on the target; shared: they are "
     "the same storage on both hosts (proven first). Without it a container with bind mounts is refused.")]
+CheckpointBinds = Annotated[str | None, typer.Option(
+    "--bind-mounts", help="sync: keep a copy of each bind-mounted host path in the checkpoint (a restore puts it "
+    "back where the path is missing or empty); shared: keep only the paths (they must be there where it is "
+    "restored). Without it a container with bind mounts is refused.")]
 RemoveSourceVolumes = Annotated[bool, typer.Option(
     "--remove-source-volumes", help="After a move, remove the named volumes it used on the source (else they "
     "stay there, as they were at the move, and the report names them).")]

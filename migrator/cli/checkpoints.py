@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..controller import atomic_write
 from ..errors import MigratorError
-from .base import AsJson, OnHost, app, checkpoint_app, host_of, load_inventory, state
+from .base import AsJson, BindMounts, CheckpointBinds, OnHost, app, checkpoint_app, host_of, load_inventory, state
 from .render import err, fail, human, note, out, print_json, stamp
 
 
@@ -22,6 +22,7 @@ def checkpoint_create(
     container: str, on: OnHost,
     leave_running: Annotated[bool, typer.Option("--leave-running", help="Keep it running.")] = False,
     name: Annotated[str | None, typer.Option("--name", help="Checkpoint name (default: time).")] = None,
+    bind_mounts: CheckpointBinds = None,
     as_json: AsJson = False,
 ) -> None:
     """Checkpoint a container into the host's store (memory, filesystem diff, config)."""
@@ -29,7 +30,7 @@ def checkpoint_create(
 
     try:
         with host_of(on) as h:
-            stored = store.create(h, container, name, leave_running=leave_running)
+            stored = store.create(h, container, name, leave_running=leave_running, bind_mounts=bind_mounts)
     except MigratorError as ex:
         fail(ex)
     if as_json:
@@ -81,6 +82,7 @@ def persist_cmd(
     replicate_to: Annotated[str | None, typer.Option("--replicate-to", help="Copy each here.")] = None,
     install_systemd: Annotated[bool, typer.Option("--install-systemd", help="Write a unit file.")] = False,
     print_unit: Annotated[bool, typer.Option("--print-unit", help="Print the unit file.")] = False,
+    bind_mounts: CheckpointBinds = None,
 ) -> None:
     """Checkpoint a running container every interval, keeping the newest few, so that its
     state survives a stop or a crash (`migrator restore` starts it from the latest)."""
@@ -93,7 +95,7 @@ def persist_cmd(
         if replicate_to:
             inv.host(replicate_to)
         if print_unit or install_systemd:
-            unit = persist.systemd_unit(state.inventory, container, on, every, keep, replicate_to)
+            unit = persist.systemd_unit(state.inventory, container, on, every, keep, replicate_to, bind_mounts)
             if print_unit:
                 sys.stdout.write(unit)
             if install_systemd:
@@ -105,7 +107,7 @@ def persist_cmd(
         stop = threading.Event()
         with host_of(on) as h:
             replica = host_of(replicate_to) if replicate_to else None
-            p = persist.Persist(h, container, interval, keep, replicate_to=replica, stop=stop,
+            p = persist.Persist(h, container, interval, keep, replicate_to=replica, stop=stop, bind_mounts=bind_mounts,
                                 say=lambda m: out.print(m, highlight=False))
             try:
                 n = p.run()
@@ -155,6 +157,7 @@ def clone_cmd(
     name: Annotated[str, typer.Option("--name", help="Name of the copy.")],
     publish: Annotated[list[str] | None, typer.Option("--publish", "-p",
                        help="[IP:]HOSTPORT:CONTAINERPORT for the copy (repeatable).")] = None,
+    bind_mounts: BindMounts = None,
     as_json: AsJson = False,
 ) -> None:
     """A running copy of a running container; the original keeps running, untouched."""
@@ -162,7 +165,7 @@ def clone_cmd(
 
     try:
         with host_of(source) as s, host_of(target) as t:
-            rep = clone(s, t, container, name, publish)
+            rep = clone(s, t, container, name, publish, bind_mounts=bind_mounts)
     except MigratorError as ex:
         fail(ex)
     if as_json:

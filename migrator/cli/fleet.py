@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ExitCode, MigratorError
-from .base import AsJson, BindMounts, app, host_of, hosts_option, load_inventory
+from .base import AsJson, BindMounts, RemoveSourceVolumes, app, host_of, hosts_option, load_inventory
 from .render import err, fail, fleet_events, note, out, plan_table, print_json, progress_line, styled
 
 
@@ -50,6 +50,7 @@ def drain_cmd(
     frozen: Annotated[int, typer.Option(
         "--frozen", help="Containers frozen at once (more: a shorter drain, longer downtimes).")] = 1,
     bind_mounts: BindMounts = None,
+    remove_source_volumes: RemoveSourceVolumes = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     as_json: AsJson = False,
 ) -> None:
@@ -58,7 +59,8 @@ def drain_cmd(
 
     try:
         plan = fleet.drain(load_inventory(), host, to=hosts_option(to), select=select, parallel=parallel,
-                           frozen=frozen, bind_mounts=bind_mounts, dry_run=dry_run,
+                           frozen=frozen, bind_mounts=bind_mounts, remove_source_volumes=remove_source_volumes,
+                           dry_run=dry_run,
                            events=None if as_json else fleet_events)
     except MigratorError as ex:
         fail(ex)

@@ -151,7 +151,8 @@ def plan_table(plan: Any, title: str) -> Table:
     for m in plan.moves:
         rep = m.report or {}
         ran = m.outcome not in ("planned", "stays")
-        t.add_row(m.container, m.source, m.target or "-", human(m.memory), m.outcome,
+        t.add_row(m.container + (f" (project {m.project})" if m.project else ""), m.source, m.target or "-",
+                  human(m.memory), m.outcome,
                   f"{rep.get('total_s', 0):.1f}" if ran and rep else "-",
                   f"{rep.get('downtime_s', 0):.2f}" if ran and rep else "-", m.error or m.reason or "")
     summary = plan.summary()

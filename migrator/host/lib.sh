@@ -111,7 +111,7 @@ hold_leave() {
 # last lines say only "Dumping FAILED"), on stderr, and keep the log (0600, the ten latest
 # kept) where the message says. WHAT names it (e.g. dump-CONTAINER).
 criu_failed() {
-  local log=$1 keep=/var/lib/migrator/logs
+  local log=$1 keep=${MIGRATOR_LOG_DIR:-/var/lib/migrator/logs}
   [ -f "$log" ] || { echo "CRIU failed and left no log ($log)" >&2; return 0; }
   (umask 077; mkdir -p "$keep")
   local kept
@@ -120,7 +120,8 @@ criu_failed() {
   # shellcheck disable=SC2012  # our own file names, made just above: no odd characters
   ls -1t "$keep" | tail -n +11 | while read -r old; do rm -f "$keep/$old"; done
   local errors
-  errors=$(grep -E '^\([0-9. ]+\) +Error' "$log" | sed -E 's/^\([0-9. ]+\) +//' | tail -5)
+  # "(00.247680)      1: Error (...)": a restored task's own lines carry its pid
+  errors=$(grep -E '^\([0-9. ]+\) +([0-9]+: +)?Error' "$log" | sed -E 's/^\([0-9. ]+\) +([0-9]+: +)?//' | tail -5)
   { if [ -n "$errors" ]; then printf '%s\n' "$errors"; else tail -3 "$log"; fi
     echo "CRIU's log: $kept"; } >&2
 }

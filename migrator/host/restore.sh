@@ -34,7 +34,8 @@ up=$(printf '../%.0s' $(seq 30))
 # pages), the action's facts and its guard (CRIU's action ends that as soon as it can).
 mark=/var/lib/migrator/restore-at-create/$container
 leftovers() {
-  rm -rf "$cpdir" "$mark" "$img/migrator-restore"
+  [ -z "${keeper:-}" ] || kill "$keeper" 2>/dev/null || :
+  rm -rf "$cpdir" "$mark" "$img/migrator-restore" "$kept_log"
   for l in /tmp/ctrd-checkpoint*/pages-*.img; do
     [ -L "$l" ] && [ "$(readlink "$l")" = "$up${img#/}/${l##*/}" ] && rm -rf "${l%/*}"
   done
@@ -42,6 +43,20 @@ leftovers() {
   return 0
 }
 trap leftovers EXIT
+# CRIU writes its restore log in runc's work dir, which containerd deletes with the task
+# when the restore fails: a process holding it open from when it appears (keep_log) keeps
+# what CRIU wrote, copied out for criu_failed to show.
+kept_log=/run/migrator-restore-$container.log
+keep_log() {
+  local f end=$((SECONDS + wait + 30))
+  while [ "$SECONDS" -lt "$end" ]; do
+    for f in "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby/$container/work/restore.log" \
+             "/run/containerd/io.containerd.runtime.v2.task/moby/$container/work/restore.log"; do
+      [ -f "$f" ] && exec 3<"$f" sleep "$((wait + 30))"
+    done
+    sleep 0.02
+  done
+}
 if [ "$at_create" = 1 ]; then
   runc migrator-info >/dev/null 2>&1 || die "restore.sh: this host's runc is not migrator's wrapper (runc-wrapper.sh)"
   rm -rf "$mark"; mkdir -p "$mark"; printf '%s\n' "$img" > "$mark/images"
@@ -65,11 +80,16 @@ rm -f "$img/../reserve" & freed=$!
 # Newer engines refuse a restore on the daemon that made the checkpoint a moment before
 # ("content sha256:... already exists", moby issue 42900); seconds later it works.
 for try in 1 2 3; do
+  if [ "$at_create" = 0 ]; then
+    [ -z "${keeper:-}" ] || kill "$keeper" 2>/dev/null || :
+    keep_log & keeper=$!
+  fi
   out=$("${start[@]}" 2>&1 >/dev/null) && break
   case $out in *"already exists"*) [ "$try" = 3 ] || { sleep 3; continue; } ;; esac
   echo "$out" >&2
   # CRIU's own account of it: the log runc names ("log file: ..."), or the wrapper's
   log=$(grep -o 'log file: [^ ]*' <<< "$out" | head -1 | cut -d' ' -f3 || :)
+  [ -f "$log" ] || { cat "/proc/$keeper/fd/3" > "$kept_log" 2>/dev/null && log=$kept_log; } || :
   [ -f "$log" ] || log=$mark/restore.log
   [ ! -f "$log" ] || criu_failed "$log" "restore-${container:0:12}"
   exit 1

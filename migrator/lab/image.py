@@ -1,7 +1,9 @@
 """The lab's images, made from this machine's own binaries (no registry exists here):
 imported once and saved, so that every host loads the same image ID. lab/redis (root-run
 Redis) on every host; lab/postgres (PostgreSQL 15 as its own user, uid 999: a multi-process
-database with shared memory) where a test asks for it (`Lab.ensure_image`)."""
+database with shared memory) and lab/nginx (nginx as www-data, uid 33: a master and its
+worker processes, its configuration bind-mounted from the host) where a test asks for them
+(`Lab.ensure_image`)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from .processes import run
 
 IMAGE = "lab/redis"
 POSTGRES = "lab/postgres"
+NGINX = "lab/nginx"
 PG = Path("/usr/lib/postgresql/15")
+NGINX_BIN = Path("/var/cache/migrator/nginx/root/usr/sbin/nginx")  # Debian 12's, unpacked by setup
 Exec = Callable[..., object]  # runs argv inside one lab host (Lab.ns_exec bound to it)
 
 
@@ -83,6 +87,27 @@ def build_postgres(rootfs: Path) -> bytes:
     return _tar(rootfs)
 
 
+def build_nginx(rootfs: Path) -> bytes:
+    """nginx (Debian 12's, with its stub_status counters in shared memory) and busybox, for
+    www-data (uid 33); the configuration is the container's to mount at /etc/nginx/nginx.conf."""
+    if rootfs.exists():
+        shutil.rmtree(rootfs)
+    if not NGINX_BIN.exists():
+        raise FileNotFoundError(f"{NGINX_BIN} is missing: `make setup` unpacks it")
+    _copy_with_libs(rootfs, [str(NGINX_BIN)])
+    (rootfs / "usr/sbin").mkdir(parents=True, exist_ok=True)
+    os.replace(rootfs / str(NGINX_BIN).lstrip("/"), rootfs / "usr/sbin/nginx")
+    shutil.rmtree(rootfs / "var")
+    _busybox(rootfs, ("sh", "ls", "cat", "sleep", "awk", "tr"))
+    for d in ("tmp", "etc/nginx", "var/www"):
+        (rootfs / d).mkdir(parents=True, exist_ok=True)
+    (rootfs / "tmp").chmod(0o1777)
+    (rootfs / "var/www/index.html").write_text("hello from lab/nginx\n")
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/sh\n")
+    (rootfs / "etc/group").write_text("root:x:0:\nwww-data:x:33:\n")
+    return _tar(rootfs)
+
+
 CHANGES = [
     'CMD ["/usr/bin/redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no"]',
     "EXPOSE 6379", "WORKDIR /data", "ENV PATH=/usr/bin:/bin",
@@ -93,7 +118,10 @@ _PG_START = ('[ -s "$PGDATA/PG_VERSION" ] || { initdb -D "$PGDATA" -U postgres -
              'exec postgres -D "$PGDATA" -c listen_addresses=* -c unix_socket_directories=/tmp')
 POSTGRES_CHANGES = ["ENV PATH=/usr/lib/postgresql/15/bin:/bin", "ENV PGDATA=/var/lib/postgresql/data",
                     "ENV TZ=UTC", "USER postgres", "EXPOSE 5432", "CMD " + json.dumps(["sh", "-c", _PG_START])]
-BUILDS = {IMAGE: (build, CHANGES), POSTGRES: (build_postgres, POSTGRES_CHANGES)}
+NGINX_CHANGES = ["ENV PATH=/usr/sbin:/bin", "USER www-data", "EXPOSE 8080",
+                 'CMD ["nginx", "-e", "stderr", "-g", "daemon off;"]']
+BUILDS = {IMAGE: (build, CHANGES), POSTGRES: (build_postgres, POSTGRES_CHANGES),
+          NGINX: (build_nginx, NGINX_CHANGES)}
 
 
 def import_argv(name: str = IMAGE) -> list[str]:

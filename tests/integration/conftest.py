@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -118,6 +119,20 @@ def run_cli(*args: str, inventory: Path | None = ROOT / "inventory" / "lab.yaml"
             timeout: float = 600) -> subprocess.CompletedProcess[str]:
     argv = [*MIGRATOR] + (["-i", str(inventory)] if inventory else []) + list(args)
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def kill_cli_at(line_start: str, *args: str) -> None:
+    """Run the CLI with `args` and SIGKILL it as it prints a line starting with
+    `line_start` (a phase starting: "freeze ..."), as a controller that dies there."""
+    p = subprocess.Popen([*MIGRATOR, "-i", str(ROOT / "inventory" / "lab.yaml"), *args], cwd=ROOT,
+                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert p.stderr is not None
+    for line in p.stderr:
+        if line.startswith(line_start):
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, f"never reached {line_start!r}"
 
 
 def fill(r: redis.Redis, n: int, prefix: str = "k") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -144,3 +145,27 @@ def test_persist_unit_file() -> None:
     assert "ExecStart=" in r.stdout
     assert "persist r1 --on lab1 --every 10s --keep 4 --replicate-to lab2" in r.stdout
     assert "Restart=on-failure" in r.stdout
+
+
+def test_a_failed_restore_says_criu_s_error_and_keeps_its_log(hosts: dict[str, LabHost]) -> None:
+    """A checkpoint of a process holding a file of a shared bind mount open, restored after
+    that file was removed: CRIU's restore fails. The error carries CRIU's own Error line
+    (which file it could not open), names its log, kept 0600 on the host, and no container
+    is left half-made."""
+    a = hosts["lab1"]
+    a.sh("bash", "-c", "rm -rf /tmp/rf; mkdir -p /tmp/rf && echo x > /tmp/rf/held && echo y > /tmp/rf/other")
+    a.sh("docker", "run", "-d", "--name", "rf", "-v", "/tmp/rf:/data", "lab/redis", "sh", "-c",
+         "exec 3</data/held; while :; do sleep 1; done")
+    r = run_cli("checkpoint", "create", "rf", "--on", "lab1", "--name", "cp1", "--bind-mounts", "shared")
+    assert r.returncode == 0, r.stderr
+    a.sh("rm", "/tmp/rf/held")
+    r = run_cli("restore", "rf", "--on", "lab1", "--checkpoint", "cp1")
+    assert r.returncode != 0
+    flat = " ".join(r.stderr.split())
+    assert "Error" in flat and "held" in flat, r.stderr  # CRIU's line naming the file
+    log = re.search(r"CRIU's log: (\S+)", flat)
+    assert log and log[1].startswith("/var/lib/migrator/logs/"), r.stderr
+    assert a.sh("stat", "-c", "%a", log[1]).strip() == "600"
+    # the container the restore made is gone again; the stopped one it was to replace is kept
+    assert a.sh("docker", "ps", "-a", "--format", "{{.Names}} {{.State}}").split() == ["rf", "exited"]
+    a.sh("rm", "-rf", "/tmp/rf")

@@ -5,11 +5,9 @@ name on the target; a fault in one member rolls the whole project back."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 
 import pytest
-from conftest import MIGRATOR, ROOT, LabHost, run_cli
+from conftest import LabHost, kill_cli_at, run_cli
 
 from migrator import fleet
 from migrator.errors import MigrationFailed
@@ -134,16 +132,7 @@ def test_controller_killed_mid_project_recover_keeps_it_one_unit(shop: dict[str,
                                                                   phase: str, where: str) -> None:
     """Killed as front freezes (db and app already run on lab2, answering): recover brings
     all three back, not those two forward. Killed as db's commit begins: all go forward."""
-    p = subprocess.Popen([*MIGRATOR, "-i", str(ROOT / "inventory" / "lab.yaml"), "migrate", "--project", "shop",
-                          "--from", "lab1", "--to", "lab2"], cwd=ROOT, stderr=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, text=True)
-    assert p.stderr is not None
-    for line in p.stderr:
-        if line.startswith(f"{member}: {phase} ..."):
-            p.send_signal(signal.SIGKILL)
-            break
-    p.wait()
-    assert p.returncode == -signal.SIGKILL, f"never reached {member}: {phase}"
+    kill_cli_at(f"{member}: {phase} ...", "migrate", "--project", "shop", "--from", "lab1", "--to", "lab2")
     r = run_cli("recover", "--json")
     assert r.returncode == 0, r.stderr + r.stdout
     outcomes = {x["outcome"] for x in json.loads(r.stdout)}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import MIGRATOR, ROOT, LabHost, check_all, fill, record, run_cli
+from conftest import MIGRATOR, ROOT, LabHost, check_all, fill, kill_cli_at, record, run_cli
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -49,15 +49,7 @@ def test_controller_killed_in_each_phase_then_recover(hosts: dict[str, LabHost],
     a = hosts["lab1"]
     start_redis(a)
     fill(a.redis(), 20_000)
-    p = subprocess.Popen([*MIGRATOR, *INV, "migrate", "r1", "--from", "lab1", "--to", "lab2"], cwd=ROOT,
-                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    assert p.stderr is not None
-    for line in p.stderr:
-        if line.startswith(f"{phase} ..."):
-            p.send_signal(signal.SIGKILL)
-            break
-    p.wait()
-    assert p.returncode == -signal.SIGKILL, f"never reached {phase}"
+    kill_cli_at(f"{phase} ...", "migrate", "r1", "--from", "lab1", "--to", "lab2")
     # a new migrate of that container says what to do first
     r = run_cli("migrate", "r1", "--from", "lab1", "--to", "lab3")
     assert r.returncode == 2 and "migrator recover" in r.stderr, r.stderr

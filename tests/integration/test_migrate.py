@@ -104,30 +104,42 @@ def test_configuration_and_named_volume_are_equal_on_target(hosts: dict[str, Lab
     assert b.running() == []
 
 
-def test_a_file_rewritten_in_place_after_the_presync_arrives_exact(hosts: dict[str, LabHost],
-                                                                     inv: Inventory) -> None:
-    """A volume's file rewritten in place after the presync copied it: same size, and its
-    modification time set back to what it was (rsync's quick check then sees no change,
-    as for a database page rewritten within the same second). The target has the new
-    bytes; so does a file of the same volume changed the ordinary way."""
+@pytest.mark.parametrize("kind", ["volume", "bind"])
+def test_a_file_rewritten_in_place_after_the_presync_arrives_exact(hosts: dict[str, LabHost], inv: Inventory,
+                                                                     kind: str) -> None:
+    """A file of a volume (or of a bind mount moved with --bind-mounts sync) rewritten in
+    place after the presync copied it: same size, and its modification time set back to
+    what it was (rsync's quick check then sees no change, as for a database page rewritten
+    within the same second). The target has the new bytes; so does a file of the same
+    directory changed the ordinary way."""
     a, b = hosts["lab1"], hosts["lab2"]
-    a.sh("docker", "run", "-d", "--name", "db", "-v", "dbdata:/data", "lab/redis")
+    for h in (a, b):
+        h.sh("rm", "-rf", "/tmp/rw-bind")
+    a.sh("mkdir", "-p", "/tmp/rw-bind")
+    a.sh("docker", "run", "-d", "--name", "db", "-v", "dbdata:/data" if kind == "volume" else "/tmp/rw-bind:/data",
+         "lab/redis")
     a.sh("docker", "exec", "db", "sh", "-c", "head -c 65536 /dev/zero > /data/page; echo old > /data/plain")
-    vol = a.engine.volume_inspect("dbdata")["Mountpoint"]
+
+    def where(h: LabHost) -> str:
+        return h.engine.volume_inspect("dbdata")["Mountpoint"] if kind == "volume" else "/tmp/rw-bind"
+
+    vol = where(a)
 
     def hook(ev: Event) -> None:
         if ev.kind == "done" and ev.phase == "presync":  # copied: rewrite it, then hide that
             a.sh("bash", "-c", 'm=$(stat -c %y "$1"); printf "NEW-BYTES" | dd of="$1" conv=notrunc status=none; '
                  'touch -d "$m" "$1"; echo newer > "$2"', "_", f"{vol}/page", f"{vol}/plain")
 
-    rep = Migration(inv, "db", "lab1", "lab2", events=hook).run()
+    rep = Migration(inv, "db", "lab1", "lab2", events=hook, bind_mounts="sync" if kind == "bind" else None).run()
     assert rep.status == "migrated"
     src = a.sh("bash", "-c", f"stat -c '%s %Y' {vol}/page; head -c 9 {vol}/page; echo")
     assert src.split("\n")[1] == "NEW-BYTES"
     assert b.sh("docker", "exec", "db", "sh", "-c", "head -c 9 /data/page; echo; cat /data/plain").split() == [
         "NEW-BYTES", "newer"]
-    size_mtime = b.sh("bash", "-c", "stat -c '%s %Y' " + b.engine.volume_inspect("dbdata")["Mountpoint"] + "/page")
+    size_mtime = b.sh("bash", "-c", "stat -c '%s %Y' " + where(b) + "/page")
     assert size_mtime.strip() == src.split("\n")[0].strip()  # the same size and time as the source's
+    for h in (a, b):
+        h.sh("rm", "-rf", "/tmp/rw-bind")
 
 
 class Clients:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 from conftest import ROOT, LabHost, check_all, fill, run_cli
 
@@ -68,3 +69,23 @@ def test_move_to_bigger_host(hosts: dict[str, LabHost]) -> None:
     check_all(hosts["lab3"].redis(), 3_000, prefix="redis")
     r = run_cli("checkpoint", "ls", "redis", "--on", "lab1", "--json")
     assert len(json.loads(r.stdout)) == 1
+
+
+def test_a_playbook_drain_moves_bind_mounts_as_its_step_says(hosts: dict[str, LabHost], tmp_path: Path) -> None:
+    a = hosts["lab1"]
+    for h in hosts.values():
+        h.sh("rm", "-rf", "/tmp/pb-bind")
+    a.sh("bash", "-c", "mkdir -p /tmp/pb-bind && echo conf > /tmp/pb-bind/app.conf")
+    a.sh("docker", "run", "-d", "--name", "bm", "-v", "/tmp/pb-bind:/etc/app", "lab/redis")
+    book = tmp_path / "pb.yaml"
+    book.write_text("hosts: [lab1]\nsteps:\n  - drain: {to: lab2}\n")
+    r = run_cli("play", str(book))
+    assert r.returncode != 0 and "--bind-mounts sync" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert a.running() == ["bm"]
+    run_cli("uncordon", "lab1")
+    book.write_text("hosts: [lab1]\nsteps:\n  - drain: {to: lab2, bind_mounts: sync}\n  - uncordon: {}\n")
+    r = run_cli("play", str(book))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hosts["lab2"].sh("docker", "exec", "bm", "cat", "/etc/app/app.conf").strip() == "conf"
+    for h in hosts.values():
+        h.sh("rm", "-rf", "/tmp/pb-bind")

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.request
 
 import pytest
 from conftest import LabHost, run_cli
@@ -17,7 +18,7 @@ from migrator.errors import MigrationFailed
 from migrator.inventory import Inventory
 from migrator.lab import Lab
 from migrator.lab.faults import cut_link
-from migrator.lab.image import POSTGRES
+from migrator.lab.image import NGINX, POSTGRES
 from migrator.migrate import Event, Migration
 from migrator.transport import wait_for
 
@@ -83,6 +84,71 @@ def test_postgres_of_its_own_user_moves_under_pgbench_keeping_every_commit(hosts
     after = subprocess.run([f"{PG_BIN}/pgbench", "-h", b.address, "-U", "postgres", "-c", "2", "-t", "50",
                             "postgres"], capture_output=True, text=True, timeout=120)
     assert after.returncode == 0 and "processed: 100/100" in after.stdout, after.stdout + after.stderr
+
+
+NGINX_CONF = """worker_processes 3;
+pid /tmp/nginx.pid;
+error_log stderr notice;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path /tmp/body; proxy_temp_path /tmp/proxy; fastcgi_temp_path /tmp/fcgi;
+    uwsgi_temp_path /tmp/uwsgi; scgi_temp_path /tmp/scgi;
+    server {
+        listen 8080;
+        location = /status { stub_status; }
+        location / { root /var/www; }
+    }
+}
+"""
+
+
+def nginx_requests(address: str) -> int:
+    """nginx's own count of the requests it served (stub_status: in its shared memory, so a
+    restarted server starts again from 1), this one included."""
+    with urllib.request.urlopen(f"http://{address}:8088/status", timeout=5) as r:
+        return int(r.read().decode().split("\n")[2].split()[2])
+
+
+def processes(h: LabHost, name: str) -> list[tuple[str, str, str]]:
+    """(pid in the container, uid, command) of each process of container `name` on h."""
+    out = h.sh("docker", "exec", name, "sh", "-c", "for d in /proc/[0-9]*; do "
+               "printf '%s %s %s\\n' \"${d#/proc/}\" \"$(awk '/^Uid:/ {print $2}' $d/status)\" "
+               "\"$(tr '\\0' ' ' < $d/cmdline)\"; done")
+    return sorted(tuple(line.split(" ", 2)) for line in out.splitlines()  # type: ignore[misc]
+                  if line.split(" ", 2)[2].startswith("nginx"))
+
+
+def test_a_web_server_of_its_own_user_with_workers_and_a_bind_mounted_config(hosts: dict[str, LabHost],
+                                                                             lab: Lab) -> None:
+    """nginx as www-data (uid 33): a master and three workers sharing their listening socket
+    and a shared-memory counter, its nginx.conf bind-mounted from the host's /tmp (a path of
+    that host only) and moved with --bind-mounts sync. On the target: the same processes
+    (pids, uid), the same config file, and its request counter goes on from where it was."""
+    a, b = hosts["lab1"], hosts["lab2"]
+    for h in (a, b):
+        lab.ensure_image(lab.host(h.name), NGINX)
+    b.sh("rm", "-rf", "/tmp/web")
+    a.host.run(["bash", "-c", "rm -rf /tmp/web; mkdir -p /tmp/web; cat > /tmp/web/nginx.conf"],
+               stdin=NGINX_CONF.encode())
+    a.sh("docker", "run", "-d", "--name", "web", "-p", "8088:8080",
+         "-v", "/tmp/web/nginx.conf:/etc/nginx/nginx.conf:ro", NGINX)
+    assert wait_for(lambda: nginx_requests(a.address) > 0, 20)
+    for _ in range(20):
+        served = nginx_requests(a.address)
+    procs = processes(a, "web")
+    assert len(procs) == 4 and {uid for _, uid, _ in procs} == {"33"}, procs
+    assert sum("worker process" in cmd for _, _, cmd in procs) == 3, procs
+    r = run_cli("migrate", "web", "--from", "lab1", "--to", "lab2", "--bind-mounts", "sync", "--json")
+    assert r.returncode == 0, r.stderr
+    assert b.sh("cat", "/tmp/web/nginx.conf") == NGINX_CONF
+    assert b.sh("stat", "-c", "%U %a", "/tmp/web/nginx.conf") == a.sh("stat", "-c", "%U %a", "/tmp/web/nginx.conf")
+    assert processes(b, "web") == procs
+    assert nginx_requests(b.address) == served + 1  # the same server's count: not restarted
+    with urllib.request.urlopen(f"http://{b.address}:8088/", timeout=5) as page:
+        assert page.read() == b"hello from lab/nginx\n"
+    for h in (a, b):
+        h.sh("rm", "-rf", "/tmp/web")
 
 
 # --- bind mounts --------------------------------------------------------------------------------
@@ -175,3 +241,47 @@ def test_a_rolled_back_bind_sync_removes_only_what_it_made_on_the_target(hosts: 
     assert b.sh("cat", "/tmp/bm-keep/own").strip() == "theirs"
     for h in (a, b):
         h.sh("rm", "-rf", "/tmp/bm-rb", "/tmp/bm-keep")
+
+
+def test_clone_and_checkpoints_take_bind_mounts_as_told(hosts: dict[str, LabHost]) -> None:
+    """clone and checkpoint/restore refuse bind mounts without --bind-mounts, as migrate does.
+    A clone to another host with sync gets its own copy of the path; on its own host only
+    shared. A checkpoint with sync keeps a copy that a restore on a host without the path
+    puts there (owner and mode kept); one with shared keeps only the path, refused where
+    it is missing."""
+    a, b, c = hosts["lab1"], hosts["lab2"], hosts["lab3"]
+    for h in (b, c):
+        h.sh("rm", "-rf", "/tmp/bm-cp")
+    a.sh("bash", "-c", "rm -rf /tmp/bm-cp; mkdir -p /tmp/bm-cp && echo mine > /tmp/bm-cp/f && "
+         "chown 1000:1000 /tmp/bm-cp/f && chmod 0640 /tmp/bm-cp/f")
+    a.sh("docker", "run", "-d", "--name", "bm", "-v", "/tmp/bm-cp:/data", "lab/redis")
+    r = run_cli("clone", "bm", "--from", "lab1", "--to", "lab2", "--name", "bm2")
+    assert r.returncode == 2 and "--bind-mounts sync" in r.stderr and "--bind-mounts shared" in r.stderr, r.stderr
+    r = run_cli("clone", "bm", "--from", "lab1", "--to", "lab1", "--name", "bm2", "--bind-mounts", "sync")
+    assert r.returncode == 2 and "pass --bind-mounts shared to share them knowingly" in r.stderr, r.stderr
+    r = run_cli("clone", "bm", "--from", "lab1", "--to", "lab2", "--name", "bm2", "--bind-mounts", "sync")
+    assert r.returncode == 0, r.stderr
+    assert b.sh("docker", "exec", "bm2", "cat", "/data/f").strip() == "mine"
+    assert b.sh("bash", "-c", TREE, "_", "/tmp/bm-cp") == a.sh("bash", "-c", TREE, "_", "/tmp/bm-cp")
+    r = run_cli("clone", "bm", "--from", "lab1", "--to", "lab1", "--name", "bm3", "--bind-mounts", "shared")
+    assert r.returncode == 0, r.stderr
+    assert a.sh("docker", "exec", "bm3", "cat", "/data/f").strip() == "mine" and a.running() == ["bm", "bm3"]
+    a.sh("docker", "rm", "-f", "bm3")
+
+    r = run_cli("checkpoint", "create", "bm", "--on", "lab1", "--leave-running")
+    assert r.returncode == 2 and "--bind-mounts sync" in r.stderr, r.stderr
+    assert run_cli("checkpoint", "create", "bm", "--on", "lab1", "--leave-running", "--name", "only-paths",
+                   "--bind-mounts", "shared").returncode == 0
+    r = run_cli("checkpoint", "create", "bm", "--on", "lab1", "--leave-running", "--name", "with-copy",
+                "--bind-mounts", "sync", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["binds"] == [{"path": "/tmp/bm-cp", "mode": "sync", "archive": "binds/0.tar.zst"}]
+    r = run_cli("restore", "bm", "--on", "lab3", "--from", "lab1", "--checkpoint", "only-paths")
+    assert r.returncode != 0 and "/tmp/bm-cp missing here" in r.stderr, r.stderr
+    assert c.running() == [] and not c.host.ok(["test", "-e", "/tmp/bm-cp"])
+    r = run_cli("restore", "bm", "--on", "lab3", "--from", "lab1", "--checkpoint", "with-copy")
+    assert r.returncode == 0, r.stderr
+    assert c.sh("bash", "-c", TREE, "_", "/tmp/bm-cp") == a.sh("bash", "-c", TREE, "_", "/tmp/bm-cp")
+    assert c.sh("docker", "exec", "bm", "cat", "/data/f").strip() == "mine"
+    for h in (a, b, c):
+        h.sh("rm", "-rf", "/tmp/bm-cp")

@@ -16,6 +16,7 @@ import pytest
 
 from migrator import hostscripts, shell
 from migrator.checkpoint import in_place
+from migrator.transport import wait_for
 
 HERE = Path(hostscripts.local_dir())
 DEAD_PID = "999999999"  # no such process: nsenter into it fails, /proc has nothing of it
@@ -483,8 +484,8 @@ def test_dumpable_names_another_users_processes_whose_rlimits_criu_cannot_read(t
     CAP_SYS_RESOURCE, as on this sandbox), a CRIU without the /proc fallback is named as
     failing before any freeze; with the fallback (its binary has the message), nothing."""
     other = subprocess.Popen(["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups", "sleep", "30"])
-    try:
-        time.sleep(0.2)
+    try:  # until it is sleep, of uid 1000 (a fixed pause was too short on a busy machine)
+        assert wait_for(lambda: Path(f"/proc/{other.pid}/comm").read_text().strip() == "sleep", 10)
         refused = subprocess.run(["prlimit", "--pid", str(other.pid), "--nofile"], capture_output=True).returncode != 0
         plain = tmp_path / "criu-plain"
         plain.write_text("#!/bin/sh\n")
@@ -519,3 +520,22 @@ def test_dumpable_names_deleted_files_held_open_over_criu_s_ghost_limit(tmp_path
     finally:
         hold.kill()
         hold.wait()
+
+
+def test_criu_failed_shows_the_error_lines_of_the_restored_tasks_too_and_keeps_the_log(tmp_path: Path) -> None:
+    """A restore's cause is in a restored task's own lines ("1: Error ..."), before CRIU's
+    "Restoring FAILED": both kinds are shown, the timestamps and pids left out, and the log
+    is kept 0600 under the name given."""
+    log = tmp_path / "restore.log"
+    log.write_text("(00.001489) Error (criu/util.c:1534): rlimit: noise\n(00.002000) Collected [data/held]\n"
+                   + "(00.100000) info\n" * 50
+                   + "(00.247680)      1: Error (criu/files-reg.c:2353): Can't open file data/held on restore\n"
+                   "(00.248744) Error (criu/cr-restore.c:2331): Restoring FAILED.\n")
+    r = lib("criu_failed", log, "restore-abc", env={"MIGRATOR_LOG_DIR": str(tmp_path / "logs")})
+    assert r.returncode == 0
+    lines = r.stderr.splitlines()
+    assert lines[-3:-1] == ["Error (criu/files-reg.c:2353): Can't open file data/held on restore",
+                            "Error (criu/cr-restore.c:2331): Restoring FAILED."], r.stderr
+    kept = Path(lines[-1].removeprefix("CRIU's log: "))
+    assert kept.parent == tmp_path / "logs" and kept.name.endswith("-restore-abc.log")
+    assert kept.read_text() == log.read_text() and kept.stat().st_mode & 0o777 == 0o600

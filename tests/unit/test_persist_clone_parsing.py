@@ -33,7 +33,10 @@ def test_unit_quotes_arguments(tmp_path: Path) -> None:
     unit = systemd_unit(tmp_path / "my inv.yaml", "r1", "lab1", "5s", 3, None)
     line = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
     assert f"-i '{tmp_path}/my inv.yaml' persist r1 --on lab1 --every 5s --keep 3" in line
-    assert "--replicate-to" not in line
+    assert "--replicate-to" not in line and "--bind-mounts" not in line
+    unit = systemd_unit(tmp_path / "i.yaml", "r1", "lab1", "5s", 3, "lab2", "sync")
+    assert next(x for x in unit.splitlines() if x.startswith("ExecStart=")).endswith(
+        "--replicate-to lab2 --bind-mounts sync")
 
 
 @pytest.mark.parametrize("name", ["$(x)", ".tmp-a", "a/b", ""])

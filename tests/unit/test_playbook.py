@@ -24,7 +24,9 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("text, needle", [
     ("hosts: [a]\nsteps:\n  - dran: {}\n", "step 1: one action"),
     ("hosts: [a]\nsteps:\n  - drain: {paralel: 2}\n", "unknown parameter(s) paralel"),
-    ("hosts: [a]\nsteps:\n  - migrate: {to: b}\n", "missing container"),
+    ("hosts: [a]\nsteps:\n  - migrate: {to: b}\n", "name a container or a project"),
+    ("hosts: [a]\nsteps:\n  - migrate: {to: b, container: x, project: y}\n", "name a container or a project"),
+    ("hosts: [a]\nsteps:\n  - drain: {bind_mounts: copy}\n", "bind_mounts is 'copy'; expected one of sync, shared"),
     ("steps:\n  - cordon: {}\n", "'hosts'"),
     ("hosts: [a]\nserial: 0\nsteps:\n  - cordon: {}\n", "'serial'"),
     ("hosts: [a]\nstep:\n  - cordon: {}\n", "unknown key(s) step"),
