@@ -15,6 +15,8 @@ Methods:
             in runc.conf as migrator's; containers get --ulimit nofile/nproc=1024, which
             Podman needs on this machine kind).
 
+- services: PostgreSQL 15 of its own user under a client writing every few ms (its downtime
+            against CRIU's floor for it), and the freeze window's cost of a 1 GiB volume.
 - fleet:    drain throughput: 20 small Redis containers (20,000 keys each) drained off
             lab1 at --parallel 1 and 4, against the median single migrate of the same
             containers in the same run (the ideal drain at P lanes: single x 20 / P), and each
@@ -246,10 +248,10 @@ def migrator_flow(inv: Inventory, src: str, dst: str) -> dict[str, Any]:
             "total_s": rep.total_s, "reported_downtime_s": rep.downtime_s}
 
 
-def floor(h: Host) -> dict[str, Any]:
+def floor(h: Host, name: str = NAME) -> dict[str, Any]:
     """CRIU's own dump + restore time, on one host, pages in tmpfs, no transfer."""
     engine = Engine(h)
-    spec = Spec(engine.inspect(NAME) or {})
+    spec = Spec(engine.inspect(name) or {})
     op = "bench-floor"
     images.remove_workdir(h, op)
     images.make_workdir(h, op)
@@ -267,8 +269,8 @@ def floor(h: Host) -> dict[str, Any]:
 
 
 def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) -> dict[str, Any]:
-    cross, fleet_bench = "cross" in methods, "fleet" in methods
-    methods = [m for m in methods if m not in ("cross", "fleet")]
+    cross, fleet_bench, services = "cross" in methods, "fleet" in methods, "services" in methods
+    methods = [m for m in methods if m not in ("cross", "fleet", "services")]
     lab = Lab()
     lab.up(3, ROOT / "inventory" / "lab.yaml")
     inv = load(ROOT / "inventory" / "lab.yaml")
@@ -327,6 +329,8 @@ def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) ->
     b.close()
     if fleet_bench:
         results["fleet"] = fleet_section(inv)
+    if services:
+        results["services"] = services_section(inv, lab)
     if cross:
         cross_version(results, repeat)
     write(results, out_dir)
@@ -461,6 +465,145 @@ def fleet_lines(results: dict[str, Any]) -> str:
             + "\n".join(rows) + "\n")
 
 
+PG_BIN = "/usr/lib/postgresql/15/bin"
+PG_NAME, VOL_NAME, SERVICE_ROUNDS = "bench-pg", "bench-vol", 3
+
+
+class PgProbe(Probe):
+    """A client of PostgreSQL wherever it is (old or new address): a new connection and one
+    INSERT every few ms (psql), each acknowledged one counted; downtime is the longest gap
+    between two acknowledged writes."""
+
+    def loop(self) -> None:
+        env = {**os.environ, "PGCONNECT_TIMEOUT": "1"}
+        while not self.stop.is_set():
+            for a in self.addrs:
+                r = subprocess.run([f"{PG_BIN}/psql", "-h", a, "-U", "postgres", "-Atc",
+                                    "insert into probe values (clock_timestamp()) returning 1", "postgres"],
+                                   capture_output=True, text=True, env=env, timeout=10)
+                if r.returncode == 0 and r.stdout.split("\n", 1)[0] == "1":  # then the tag, INSERT 0 1
+                    self.ok_times.append(time.monotonic())
+                    break
+            time.sleep(0.005)
+
+
+def _psql(h: Host, sql: str) -> str:
+    r = subprocess.run([f"{PG_BIN}/psql", "-h", h.spec.address, "-U", "postgres", "-Atc", sql, "postgres"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def services_section(inv: Inventory, lab: Lab) -> dict[str, Any]:
+    """A database of its own user (PostgreSQL 15, lab/postgres, pgbench's tables at scale 5)
+    moved under a client writing every few ms: the client's downtime against CRIU's own
+    floor for it in the same run (target <= 2x). Then the freeze window's cost of a 1 GiB
+    volume (1,024 files of 1 MiB): a move with nothing changed since the presync and one
+    with a file rewritten in place (same size) during it, against the same container
+    without the volume."""
+    from migrator.lab.image import POSTGRES
+
+    hs = [Host(inv.host(n)) for n in ("lab1", "lab2")]
+    out: dict[str, Any] = {}
+
+    def clean() -> None:
+        for h in hs:
+            h.run(["bash", "-c", f"docker rm -f {PG_NAME} {VOL_NAME} {VOL_NAME}0 >/dev/null 2>&1; "
+                   "docker volume rm -f bench-pgdata bench-data >/dev/null 2>&1; true"], check=False)
+
+    try:
+        clean()
+        for h in hs:
+            lab.ensure_image(lab.host(h.name), POSTGRES)
+        a = hs[0]
+        a.run(["docker", "run", "-d", "--name", PG_NAME, "-p", "5432:5432",
+               "-v", "bench-pgdata:/var/lib/postgresql/data", POSTGRES])
+        assert wait_for(lambda: _psql(a, "select 1") == "1", 60), "postgres did not start"
+        subprocess.run([f"{PG_BIN}/pgbench", "-h", a.spec.address, "-U", "postgres", "-i", "-q", "-s", "5",
+                        "postgres"], capture_output=True, check=True, timeout=300)
+        _psql(a, "create table probe (t timestamptz)")
+        runs, floors = [], []
+        where = 0
+        for _ in range(SERVICE_ROUNDS):
+            subprocess.run(["sync"], check=True)
+            floors.append(floor(hs[where], PG_NAME)["total_s"])
+            subprocess.run(["sync"], check=True)
+            src, dst = hs[where], hs[1 - where]
+            with PgProbe([src.spec.address, dst.spec.address]) as probe:
+                rep = Migration(inv, PG_NAME, src.name, dst.name).run()
+            acked = len(probe.ok_times)
+            rows = int(_psql(dst, "select count(*) from probe"))
+            _psql(dst, "truncate probe")
+            runs.append({"downtime_s": round(probe.downtime(), 3), "reported_downtime_s": rep.downtime_s,
+                         "total_s": rep.total_s, "acked": acked, "rows": rows})
+            where = 1 - where
+            print(f"[services] postgres {src.name} -> {dst.name}: client downtime {runs[-1]['downtime_s']:.2f} s, "
+                  f"floor {floors[-1]:.2f} s, {acked} writes acknowledged, {rows} there", flush=True)
+        pg = out["postgres"] = {"runs": runs, "floors_s": floors,
+                                "downtime_s": statistics.median(r["downtime_s"] for r in runs),
+                                "floor_s": statistics.median(floors)}
+        pg["vs_floor"] = round(pg["downtime_s"] / pg["floor_s"], 2)
+        pg["writes_lost"] = sum(max(0, r["acked"] - r["rows"]) for r in runs)
+        clean()
+
+        # the 1 GiB volume, and the same container without it
+        a.run(["docker", "run", "-d", "--name", VOL_NAME, "-v", "bench-data:/data", "lab/redis"])
+        a.run(["docker", "run", "-d", "--name", f"{VOL_NAME}0", "lab/redis"])
+        mp = a.run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", "bench-data"]).stdout.strip()
+        a.run(["bash", "-c", 'for i in $(seq 1024); do head -c 1048576 /dev/urandom > "$1/f$i"; done', "_", mp])
+        Migration(inv, VOL_NAME, "lab1", "lab2").run()  # the first copy of the volume (not measured)
+        vol: dict[str, list[dict[str, float]]] = {"unchanged": [], "rewritten": [], "none": []}
+        where = 1
+        for kind in ("unchanged", "rewritten", "unchanged", "rewritten"):
+            src, dst = hs[where], hs[1 - where]
+
+            def rewrite(ev: Event, src: Host = src, kind: str = kind) -> None:  # same size, in place, after the presync
+                if kind == "rewritten" and ev.kind == "done" and ev.phase == "presync":
+                    src.run(["bash", "-c", 'mp=$(docker volume inspect -f "{{.Mountpoint}}" bench-data) && '
+                             'head -c 1048576 /dev/urandom | dd of="$mp/f7" conv=notrunc status=none'])
+
+            subprocess.run(["sync"], check=True)
+            rep = Migration(inv, VOL_NAME, src.name, dst.name, events=rewrite).run()
+            phases = {p.name: p.seconds for p in rep.phases}
+            vol[kind].append({"filesystem_s": phases["filesystem"], "downtime_s": rep.downtime_s})
+            where = 1 - where
+        for i in range(2):
+            src, dst = hs[i % 2], hs[1 - i % 2]
+            rep = Migration(inv, f"{VOL_NAME}0", src.name, dst.name).run()
+            vol["none"].append({"filesystem_s": {p.name: p.seconds for p in rep.phases}["filesystem"],
+                                "downtime_s": rep.downtime_s})
+        out["volume_1gib"] = {k: {"filesystem_s": statistics.median(r["filesystem_s"] for r in v),
+                                  "downtime_s": statistics.median(r["downtime_s"] for r in v), "runs": v}
+                              for k, v in vol.items()}
+        for k, v in out["volume_1gib"].items():
+            print(f"[services] 1 GiB volume, {k}: filesystem phase {v['filesystem_s']:.2f} s, downtime "
+                  f"{v['downtime_s']:.2f} s", flush=True)
+    finally:
+        clean()
+        for h in hs:
+            h.close()
+    return out
+
+
+def services_lines(results: dict[str, Any]) -> str:
+    s = results.get("services")
+    if not s:
+        return ""
+    pg, v = s["postgres"], s["volume_1gib"]
+    base = v["none"]["downtime_s"]
+    rows = [f"| PostgreSQL 15 (uid 999, pgbench scale 5) | {pg['downtime_s']:.2f} | {pg['floor_s']:.2f} "
+            f"| {pg['vs_floor']:.2f}x (target <= 2x) | {pg['writes_lost']} |"]
+    lines = [f"| {k} | {v[k]['filesystem_s']:.2f} | {v[k]['downtime_s']:.2f} | {v[k]['downtime_s'] / base:.2f}x |"
+             for k in ("none", "unchanged", "rewritten")]
+    return ("\nA database under a client writing every few ms (median of "
+            f"{len(pg['runs'])} moves; its downtime as the client sees it, CRIU's floor for it in the same run):\n\n"
+            "| service | client downtime (s) | CRIU floor (s) | vs floor | acknowledged writes lost |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+            "The freeze window's cost of a 1 GiB volume (1,024 files of 1 MiB; none: the same container without "
+            "it; rewritten: one file rewritten in place, same size, during the presync):\n\n"
+            "| volume | filesystem phase (s) | downtime (s) | vs none |\n|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
 CROSS_MIB = 256
 CROSS_LAB = {"root": Path("/var/lib/migrator-blab"), "bridge": "mgbench0", "subnet": "10.207.0", "prefix": "blab"}
 
@@ -564,11 +707,15 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
     stem = out_dir / results["date"].replace(":", "")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
     rounds = max((r["runs"] for r in summary(results)), default=0)
-    stem.with_suffix(".md").write_text(f"Benchmark {results['date']} ({results['cpus']} CPUs; median of {rounds} "
-                                       f"run(s) per method and size)\n\n" + table(results)
-                                       + "\nmigrator's phases inside the downtime (median time; median share of the "
-                                       "machine's CPUs busy meanwhile, both lab hosts sharing them):\n\n"
-                                       + phase_table(results) + cross_line(results) + fleet_lines(results))
+    sizes = (table(results) + "\nmigrator's phases inside the downtime (median time; median share of the "
+             "machine's CPUs busy meanwhile, both lab hosts sharing them):\n\n" + phase_table(results)
+             ) if results["runs"] else ""
+    each = f"; median of {rounds} run(s) per method and size" if results["runs"] else ""
+    stem.with_suffix(".md").write_text(f"Benchmark {results['date']} ({results['cpus']} CPUs{each})\n\n"
+                                       + sizes + cross_line(results)
+                                       + fleet_lines(results) + services_lines(results))
+    if not results["runs"]:  # only cross, fleet or services rows: no plot; `latest` stays the last size table
+        return
     try:
         import matplotlib
 
@@ -591,8 +738,6 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
     ax.set_title("Moving Redis lab1 -> lab2")
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"), dpi=110)
-    if not results["runs"]:  # only cross or fleet rows: `latest` stays the last run with the size table
-        return
     for ext in (".json", ".md", ".png"):
         latest = out_dir / f"latest{ext}"
         latest.unlink(missing_ok=True)
@@ -602,9 +747,9 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="64,256,1024", help="MiB of Redis data, comma-separated")
-    ap.add_argument("--methods", default="seed,migrator,floor,podman,cross,fleet",
+    ap.add_argument("--methods", default="seed,migrator,floor,podman,cross,fleet,services",
                     help="cross: the same-version and the cross-version move, on a lab of its own; "
-                         "fleet: drain throughput")
+                         "fleet: drain throughput; services: PostgreSQL under a client, a 1 GiB volume's delta")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--repeat", type=int, default=3, help="rounds of every method per size; the median is reported")
     args = ap.parse_args()
