@@ -58,12 +58,16 @@ def lab_up(
     store: Annotated[list[str] | None, typer.Option(
         "--store", help="HOST=snapshotter: the containerd image store on a host with Docker 26 or 28 "
         "(default overlay2; repeatable).")] = None,
+    rebuild: Annotated[list[str] | None, typer.Option(
+        "--rebuild", help="HOST: wipe this host (its containers, images, state) and make it afresh (repeatable).")
+    ] = None,
 ) -> None:
-    """Create hosts lab1..labN and write inventory/lab.yaml (a no-op when already up; a host
-    given another engine or store is switched to it)."""
+    """Create hosts lab1..labN and write inventory/lab.yaml (a no-op when already up; a broken
+    host is repaired keeping its containers; a host given another engine or store is switched to it)."""
     try:
         the_lab = lab()
-        done = the_lab.up(n, LAB_INVENTORY, engines=_per_host(engine, "--engine"), stores=_per_host(store, "--store"))
+        done = the_lab.up(n, LAB_INVENTORY, engines=_per_host(engine, "--engine"), stores=_per_host(store, "--store"),
+                          rebuild=set(rebuild or []))
     except MigratorError as ex:
         fail(ex)
     if done:

@@ -127,16 +127,19 @@ class Lab:
 
     # --- up ---------------------------------------------------------------------------
     def up(self, count: int = 3, inventory: Path | None = None, *, engines: dict[str, str] | None = None,
-           stores: dict[str, str] | None = None) -> list[str]:
-        """Make lab1..labN (repairing broken ones); returns what was done, one line each.
-        `engines` and `stores` give hosts by name another Docker engine or image store; a
-        host that runs another is switched (its dockerd restarted with it, as an upgrade
-        would: its running containers stop)."""
+           stores: dict[str, str] | None = None, rebuild: set[str] | None = None) -> list[str]:
+        """Make lab1..labN; returns what was done, one line each. A broken host is repaired
+        keeping what it holds, as a real host's init would: what died of it is started
+        again (dockerd, sshd; or, when its namespaces are gone, the whole host over its own
+        directory: its containers, images and keys stay). Only the hosts in `rebuild` are
+        wiped and made afresh. `engines` and `stores` give hosts by name another Docker
+        engine or image store; a host that runs another is switched (its dockerd restarted
+        with it, as an upgrade would: its running containers stop)."""
         require_root()
         if not 1 <= count <= 50:
             raise LabError("--hosts must be 1..50")
         names = {f"{self.prefix}{i}" for i in range(1, count + 1)}
-        for name in {*(engines or {}), *(stores or {})} - names:
+        for name in {*(engines or {}), *(stores or {}), *(rebuild or set())} - names:
             raise LabError(f"no lab host {name!r} among {self.prefix}1..{self.prefix}{count}")
         done: list[str] = []
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -149,15 +152,20 @@ class Lab:
             engine, store = _engine_and_store(
                 name, (engines or {}).get(name, h.engine if h else SYSTEM_ENGINE),
                 (stores or {}).get(name, h.store if h else "overlay2"))
-            if h and self.healthy(h):
+            if h and name not in (rebuild or set()) and self.healthy(h):
                 if (h.engine, h.store) != (engine, store):
                     self.say(f"{name}: switching to Docker {engine} ({store})")
                     self.switch_engine(h, engine, store)
                     done.append(f"{name}: now Docker {engine} ({store})")
                     self._save(sorted(hosts.values(), key=lambda x: int(x.name[len(self.prefix):])))
                 continue
+            if h and name not in (rebuild or set()) and Path(h.dir, "ssh_host_ed25519_key").exists():
+                self.say(f"{name}: broken, repairing it")
+                done.append(f"{name}: repaired ({self._repair(h)})")
+                self._save(sorted(hosts.values(), key=lambda x: int(x.name[len(self.prefix):])))
+                continue
             if h:
-                self.say(f"{name}: broken, rebuilding it")
+                self.say(f"{name}: rebuilding it (its containers, images and state go)")
                 self._host_down(h)
                 done.append(f"{name}: rebuilt")
             else:
@@ -179,6 +187,23 @@ class Lab:
         self.write_inventory(inventory or Path("inventory/lab.yaml"))
         return done
 
+    def _repair(self, h: LabHost) -> str:
+        """A broken host whole again, keeping its state; says what was done."""
+        d = Path(h.dir)
+        if alive(h.anchor_pid) and Path(f"/run/netns/{h.netns}").exists():
+            did = []
+            if not alive(read_pid(d / "dockerd.pid")):
+                self.start_dockerd(h)
+                did.append("dockerd started again")
+            if not alive(read_pid(d / "sshd.pid")):
+                self.start_service(h, "sshd")
+                did.append("sshd started again")
+            return ", ".join(did) or "nothing was down"
+        # Its namespaces are gone (the anchor died): the host made again over its directory.
+        self._host_down(h, wipe=False)
+        self._host_up(h)
+        return "started again over its own directory"
+
     def _controller_key(self) -> None:
         if not self.key.exists():
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "migrator-lab-controller",
@@ -195,16 +220,20 @@ class Lab:
                     f.write(mp + "\n")
 
     def _host_up(self, h: LabHost) -> None:
+        """Start the host: over its own directory when it has one (a repair), else afresh."""
         d = Path(h.dir)
-        if d.exists():
-            shutil.rmtree(d)
-        for sub in ("docker", "containers", "criu", "migrator", "root-ssh"):
-            (d / sub).mkdir(parents=True, mode=0o700)
-        # Keys: the host's own host key, and the controller's public key for root.
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{h.name}-hostkey",
-              "-f", str(d / "ssh_host_ed25519_key")])
-        shutil.copy(self.key.with_suffix(".pub"), d / "root-ssh" / "authorized_keys")
-        os.chmod(d / "root-ssh" / "authorized_keys", 0o600)
+        if not (d / "ssh_host_ed25519_key").exists():
+            if d.exists():
+                shutil.rmtree(d)
+            for sub in ("docker", "containers", "criu", "migrator", "root-ssh"):
+                (d / sub).mkdir(parents=True, mode=0o700)
+            # Keys: the host's own host key, and the controller's public key for root.
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{h.name}-hostkey",
+                  "-f", str(d / "ssh_host_ed25519_key")])
+            shutil.copy(self.key.with_suffix(".pub"), d / "root-ssh" / "authorized_keys")
+            os.chmod(d / "root-ssh" / "authorized_keys", 0o600)
+        for stale in ("ready", "dockerd.pid", "sshd.pid"):
+            (d / stale).unlink(missing_ok=True)
         self._engine_files(h)
         (d / "sshd_config").write_text(
             f"ListenAddress {h.address}\nPort 22\nHostKey {d}/ssh_host_ed25519_key\n"
@@ -300,11 +329,12 @@ class Lab:
             self.ns_exec(h, ["docker", "load", "-q"], stdin=f)
         return True
 
-    def write_inventory(self, path: Path) -> None:
+    def write_inventory(self, path: Path, count: int | None = None) -> None:
+        """The inventory of the lab's hosts (with `count`, of the first `count` only)."""
         # `reboot: lab` tells playbooks to restart the host's dockerd and sshd (`lab restart`),
         # `lab_dir` of which lab.
         hosts = {h.name: {"address": h.address, "labels": {"reboot": "lab", "lab_dir": str(self.root)}}
-                 for h in self.hosts()}
+                 for h in self.hosts()[:count]}
         doc = {
             "defaults": {"user": "root", "port": 22, "identity_file": str(self.key),
                          "known_hosts": str(self.known_hosts)},
@@ -388,7 +418,8 @@ class Lab:
             done.append(f"{self.root}: removed")
         return done
 
-    def _host_down(self, h: LabHost) -> None:
+    def _host_down(self, h: LabHost, wipe: bool = True) -> None:
+        """Everything of the host stopped and its network gone; with `wipe`, its directory."""
         d = Path(h.dir)
         # dockerd first, gracefully: it stops its containers.
         terminate([read_pid(d / "dockerd.pid")], 25)
@@ -400,5 +431,5 @@ class Lab:
         terminate(sorted(p for p in pids if p > 0 and p != os.getpid()), 5)
         remove_cgroups(f"migrator-{h.name}")
         network.host_net_down(h.name, h.netns)
-        if d.exists():
+        if wipe and d.exists():
             shutil.rmtree(d, ignore_errors=True)

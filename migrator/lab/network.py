@@ -44,6 +44,11 @@ def veth_name(host: str) -> str:
     return f"mgv-{host}"[:15]
 
 
+def mac_for(address: str) -> str:
+    """A locally administered MAC made of the IPv4 address: 10.203.0.11 -> 02:6d:0a:cb:00:0b."""
+    return "02:6d:" + ":".join(f"{int(o):02x}" for o in address.split("."))
+
+
 def host_net_up(host: str, netns: str, address: str, bridge: str, subnet: str) -> None:
     """A network namespace for the host, with eth0 at `address` on the bridge."""
     run(["ip", "netns", "add", netns])
@@ -54,6 +59,9 @@ def host_net_up(host: str, netns: str, address: str, bridge: str, subnet: str) -
     run(["ip", "link", "set", veth, "master", bridge, "up"])
     ns = ["ip", "-n", netns]
     run([*ns, "link", "set", "lo", "up"])
+    # Its MAC comes from its address, so a host made again has the same one: neighbours that
+    # cached it (the controller, the other hosts) reach it at once.
+    run([*ns, "link", "set", "eth0", "address", mac_for(address)])
     run([*ns, "addr", "add", f"{address}/24", "dev", "eth0"])
     run([*ns, "link", "set", "eth0", "up"])
     run([*ns, "route", "add", "default", "via", f"{subnet}.1"])

@@ -38,8 +38,14 @@ def lab() -> Iterator[Lab]:
     os.environ["MIGRATOR_STATE_DIR"] = str(ROOT / ".test-state")  # the CLIs we start inherit it
     lab = Lab()
     was_up = bool(lab.hosts()) and all(lab.healthy(h) for h in lab.hosts())
-    lab.up(3, ROOT / "inventory" / "lab.yaml")
+    inventory = ROOT / "inventory" / "lab.yaml"
+    lab.up(3, inventory)
+    more = len(lab.hosts()) > 3  # a bigger lab the user made: the tests use (and reset) lab1..lab3 only
+    if more:
+        lab.write_inventory(inventory, count=3)
     yield lab
+    if more:
+        lab.write_inventory(inventory)
     if not was_up and not os.environ.get("MIGRATOR_KEEP_LAB"):
         lab.down()
 

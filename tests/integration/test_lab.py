@@ -11,6 +11,7 @@ from conftest import LabHost, run_cli
 
 from migrator.inventory import Inventory
 from migrator.lab import Lab
+from migrator.lab.processes import terminate
 
 
 def _leftovers(lab: Lab) -> list[str]:
@@ -47,10 +48,25 @@ def test_small_lab_up_twice_then_down_leaves_nothing(tmp_path: Path) -> None:
         assert "tlab1: created" in done
         assert lab.up(1, inventory) == []  # already up: nothing to do
         h = lab.hosts()[0]
-        # A broken host (its dockerd gone) is repaired by the next `up`.
+        mac = lab.ns_exec(h, ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
+        assert mac == "02:6d:0a:cc:00:0b"  # made of its address: the same whenever it is made again
+        lab.ns_exec(h, ["docker", "run", "-d", "--name", "kept", "lab/redis"])
+        # A broken host is repaired by the next `up`, keeping what it holds: its dockerd gone...
         lab.stop_service(h, "dockerd")
         assert not lab.healthy(h)
-        assert "tlab1: rebuilt" in lab.up(1, inventory)
+        assert "tlab1: repaired (dockerd started again)" in lab.up(1, inventory)
+        assert lab.ns_exec(h, ["docker", "ps", "-aq", "--filter", "name=kept"]).stdout.strip()
+        # ... or its namespaces (its first process killed): made again over its own directory
+        terminate([h.anchor_pid], 5)
+        assert "tlab1: repaired (started again over its own directory)" in lab.up(1, inventory)
+        h = lab.hosts()[0]
+        assert lab.healthy(h) and lab.ns_exec(h, ["docker", "ps", "-aq", "--filter", "name=kept"]).stdout.strip()
+        assert lab.ns_exec(h, ["cat", "/sys/class/net/eth0/address"]).stdout.strip() == mac
+        # wiping it is asked for by name
+        assert "tlab1: rebuilt" in lab.up(1, inventory, rebuild={"tlab1"})
+        h = lab.hosts()[0]
+        assert lab.ns_exec(h, ["docker", "ps", "-aq"]).stdout.strip() == ""
+        assert lab.ns_exec(h, ["cat", "/sys/class/net/eth0/address"]).stdout.strip() == mac
         r = run_cli("hosts", "--json", inventory=inventory)
         assert r.returncode == 0, r.stderr
         rows = json.loads(r.stdout)
