@@ -17,7 +17,7 @@ import requests
 from docker.transport.sshconn import SSHHTTPAdapter
 from urllib3._collections import RecentlyUsedContainer
 
-from .errors import DockerError
+from .errors import DaemonUnreachable, DockerError
 
 if TYPE_CHECKING:
     from .transport import Host
@@ -77,7 +77,7 @@ def api_client(host: Host) -> docker.APIClient:
     try:
         server = api.version(api_version=False)["ApiVersion"]
     except Exception as ex:  # noqa: BLE001
-        raise DockerError(
+        raise DaemonUnreachable(
             f"{host.name}: cannot reach the Docker daemon over SSH: {_explain(ex)}",
             hint="is dockerd running there, and is `docker` on the SSH user's PATH?",
         ) from None
@@ -128,8 +128,8 @@ class Engine:
         except docker.errors.APIError as ex:
             raise DockerError(f"{self.host.name}: {what}: {_explain(ex)}") from None
         except (requests.exceptions.RequestException, OSError, EOFError) as ex:
-            raise DockerError(f"{self.host.name}: {what}: Docker daemon unreachable ({ex})",
-                              hint=f"is dockerd running on {self.host.name}?") from None
+            raise DaemonUnreachable(f"{self.host.name}: {what}: Docker daemon unreachable ({ex})",
+                                    hint=f"is dockerd running on {self.host.name}?") from None
 
     def info(self) -> dict[str, Any]:
         return dict(self._call("docker info", lambda a: a.info()))

@@ -80,6 +80,11 @@ class DockerError(MigratorError):
     """The Docker daemon refused a request; its own explanation is in the message."""
 
 
+class DaemonUnreachable(DockerError):
+    """The Docker daemon did not answer at all (down, restarting, its socket gone): worth
+    asking again later, unlike a refusal."""
+
+
 class PreflightError(MigratorError):
     """A check before the freeze failed: nothing was changed."""
 

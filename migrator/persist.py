@@ -19,12 +19,15 @@ from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_
 from . import store
 from .container import validate_name
 from .engine import Engine
-from .errors import CommandError, ConnectionError_, DockerError, MigratorError
+from .errors import ConnectionError_, DaemonUnreachable, MigratorError
 from .transport import Host
 
 T = TypeVar("T")
 Say = Callable[[str], None]
-TRANSIENT = (ConnectionError_, DockerError, CommandError)
+# Only what may pass by itself: SSH to the host, or its Docker daemon, not answering. A
+# command or a daemon that answered with a failure (CRIU's, tar's, a refusal) fails the same
+# way again: it is reported at once, not retried for a minute.
+TRANSIENT = (ConnectionError_, DaemonUnreachable)
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 

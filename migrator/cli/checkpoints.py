@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from dataclasses import asdict
@@ -99,7 +100,8 @@ def persist_cmd(
             if print_unit:
                 sys.stdout.write(unit)
             if install_systemd:
-                path = Path("/etc/systemd/system") / persist.unit_name(container, on)
+                path = Path(os.environ.get("MIGRATOR_SYSTEMD_DIR", "/etc/systemd/system")) / persist.unit_name(
+                    container, on)
                 atomic_write(path, unit, 0o644)
                 out.print(f"wrote {path}; enable it: systemctl daemon-reload && "
                           f"systemctl enable --now {path.name}")

@@ -7,7 +7,9 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import pytest
 from conftest import MIGRATOR, ROOT, LabHost, check_all, fill, run_cli
 
 from migrator.lab import Lab
@@ -136,6 +138,19 @@ def test_interrupted_checkpoint_is_never_listed_or_latest(hosts: dict[str, LabHo
     r = run_cli("checkpoint", "rm", "r1", "good", "--on", "lab1")
     assert r.returncode == 0
     assert [s["name"] for s in stored("lab1")] == ["after"]
+
+
+def test_persist_installs_its_systemd_unit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--install-systemd writes what --print-unit prints, 0644, under the unit's own name
+    (in MIGRATOR_SYSTEMD_DIR here, not this machine's /etc/systemd/system)."""
+    monkeypatch.setenv("MIGRATOR_SYSTEMD_DIR", str(tmp_path))
+    args = ("persist", "r1", "--on", "lab1", "--every", "10s", "--keep", "4", "--bind-mounts", "sync")
+    printed = run_cli(*args, "--print-unit")
+    r = run_cli(*args, "--install-systemd")
+    assert r.returncode == 0 and printed.returncode == 0, r.stderr + printed.stderr
+    unit = tmp_path / "migrator-persist-r1-lab1.service"
+    assert unit.read_text() == printed.stdout and unit.stat().st_mode & 0o777 == 0o644
+    assert "systemctl enable --now migrator-persist-r1-lab1.service" in " ".join(r.stdout.split())
 
 
 def test_persist_unit_file() -> None:

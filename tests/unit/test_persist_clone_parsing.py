@@ -43,3 +43,36 @@ def test_unit_quotes_arguments(tmp_path: Path) -> None:
 def test_checkpoint_names(name: str) -> None:
     with pytest.raises(MigratorError):
         validate_cp_name(name)
+
+
+def test_persist_retries_only_what_may_pass_by_itself() -> None:
+    """SSH or the Docker daemon not answering is retried (with backoff, for retry_for); a
+    command or daemon that answered with a failure (CRIU's dump, tar, a refusal) is not."""
+    from migrator.errors import CheckpointError, CommandError, ConnectionError_, DaemonUnreachable, DockerError
+    from migrator.persist import Persist
+
+    said: list[str] = []
+    p = Persist(object(), "r1", 1.0, 3, retry_for=5, say=said.append)  # type: ignore[arg-type]
+    for deterministic in (CommandError("lab1: `tar` exited 2: No space left"), DockerError("lab1: conflict"),
+                          CheckpointError("lab1: checkpoint of abc failed: Error (criu/...)")):
+        calls: list[int] = []
+
+        def fails(ex: Exception = deterministic, calls: list[int] = calls) -> None:
+            calls.append(1)
+            raise ex
+
+        with pytest.raises(type(deterministic)):
+            p._retrying("checkpoint", fails)
+        assert len(calls) == 1, deterministic
+    assert said == []
+    for passing in (ConnectionError_("lab1: SSH failed: reset"), DaemonUnreachable("lab1: Docker daemon unreachable")):
+        calls = []
+
+        def once_then_ok(ex: Exception = passing, calls: list[int] = calls) -> str:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ex
+            return "ok"
+
+        assert p._retrying("checkpoint", once_then_ok) == "ok" and len(calls) == 2
+    assert len(said) == 2 and all("retrying in" in s for s in said)
