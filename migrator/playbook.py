@@ -12,7 +12,10 @@
       - uncordon: {}
 
 Every step runs on the batch's hosts in turn; `{{ host }}` and `vars` (overridden by
-`-e k=v`) are substituted in strings. A failed step stops the play and says how to resume.
+`-e k=v`) are substituted in strings. In a `run` or `reboot` command each is substituted
+quoted, one shell word whatever it holds (`run: "bash -c {{ upgrade }}"` runs a variable
+that holds a command). Parameters are checked at load, with the file and line of their
+step. A failed step stops the play and says how to resume.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from . import binds, fleet, hosts, store
+from . import binds, fleet, hosts, shell, store
 from .errors import MigratorError, PlaybookError
 from .inventory import Inventory
 from .migrate import Migration
@@ -44,6 +47,52 @@ PARAMS: dict[str, set[str]] = {
 }
 VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 REQUIRED: dict[str, set[str]] = {"run": {"command"}, "migrate": {"to"}, "checkpoint": {"container"}}
+SHELL_PARAMS = {"command"}  # run and reboot: what reaches a shell; variables go in quoted
+
+
+def _number(v: Any, kind: type) -> float | None:
+    """v as a number of `kind` (a value from a variable is a string: "900"), or None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        return float(kind(v))
+    except ValueError:
+        return None
+
+
+def _seconds(v: Any) -> bool:
+    n = _number(v, float)
+    return n is not None and n > 0
+
+
+def _count(v: Any) -> bool:
+    n = _number(v, int)
+    return n is not None and n >= 1
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def _hosts(v: Any) -> bool:
+    return _text(v) or (isinstance(v, list) and bool(v) and all(_text(x) for x in v))
+
+
+def _select(v: Any) -> bool:
+    return _text(v) and "=" in v
+
+
+def _bind_mode(v: Any) -> bool:
+    return v in binds.MODES
+
+
+# Each parameter's type: a check and what the message says it must be (text if not here).
+TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "timeout": (_seconds, "a number of seconds"), "parallel": (_count, "a whole number >= 1"),
+    "keep": (_count, "a whole number >= 1"), "to": (_hosts, "a host, a list of hosts or h1,h2"),
+    "select": (_select, "LABEL=VALUE"), "bind_mounts": (_bind_mode, "one of " + ", ".join(binds.MODES)),
+    "engine": (lambda v: _text(v) or _seconds(v), "an engine version (26, 28)"),
+}
 Say = Callable[[str], None]
 
 
@@ -87,9 +136,35 @@ class PlayReport:
     error: str | None = None
 
 
+def check_params(action: str, params: dict[str, Any], where: str) -> None:
+    """Each parameter of a step has its type (TYPES; text otherwise); `where` names the
+    step in the message. Values with a variable in them are checked once substituted."""
+    for key, value in params.items():
+        if isinstance(value, str) and VAR_RE.search(value):
+            continue
+        check, must = TYPES.get(key, (_text, "text"))
+        if not check(value):
+            raise PlaybookError(f"{where} ({action}): {key} must be {must}, not {value!r}")
+
+
+def _step_lines(text: str) -> list[int]:
+    """The line (1-based) where each step starts, from the YAML's own node marks."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return []
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for k, v in root.value:
+        if k.value == "steps" and isinstance(v, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in v.value]
+    return []
+
+
 def load(path: Path, extra_vars: dict[str, str] | None = None) -> Playbook:
     try:
-        doc = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        doc = yaml.safe_load(text)
     except FileNotFoundError:
         raise PlaybookError(f"playbook {path} not found") from None
     except yaml.YAMLError as ex:
@@ -109,7 +184,9 @@ def load(path: Path, extra_vars: dict[str, str] | None = None) -> Playbook:
     if not isinstance(serial, int) or serial < 1:
         raise PlaybookError(f"{path}: 'serial' must be a whole number >= 1")
     steps = []
+    lines = _step_lines(text)
     for i, raw in enumerate(doc.get("steps") or [], start=1):
+        where = f"{path}:{lines[i - 1]}: step {i}" if i <= len(lines) else f"{path}: step {i}"
         if not isinstance(raw, dict):
             raise PlaybookError(f"{path}: step {i} must be a mapping like '- drain: {{}}'")
         acts = [k for k in raw if k != "name"]
@@ -133,9 +210,7 @@ def load(path: Path, extra_vars: dict[str, str] | None = None) -> Playbook:
             raise PlaybookError(f"{path}: step {i} ({action}): missing {', '.join(sorted(missing))}")
         if action == "migrate" and ("container" in params) == ("project" in params):
             raise PlaybookError(f"{path}: step {i} (migrate): name a container or a project (one of them)")
-        if params.get("bind_mounts") not in (None, *binds.MODES):
-            raise PlaybookError(f"{path}: step {i} ({action}): bind_mounts is {params['bind_mounts']!r}; "
-                                f"expected one of {', '.join(binds.MODES)}")
+        check_params(action, params, where)
         steps.append(Step(i, action, params, str(raw.get("name") or action)))
     if not steps:
         raise PlaybookError(f"{path}: no steps")
@@ -143,17 +218,18 @@ def load(path: Path, extra_vars: dict[str, str] | None = None) -> Playbook:
                     steps)
 
 
-def _subst(value: Any, variables: dict[str, str], path: Path) -> Any:
+def _subst(value: Any, variables: dict[str, str], path: Path, quote: bool = False) -> Any:
+    """`{{ name }}` replaced by its value; with `quote`, by its value as one shell word."""
     if isinstance(value, str):
         def one(m: re.Match[str]) -> str:
             if m[1] not in variables:
                 raise PlaybookError(f"{path}: undefined variable {m[1]!r}", hint=f"pass -e {m[1]}=VALUE")
-            return variables[m[1]]
+            return shell.quote(variables[m[1]]) if quote else variables[m[1]]
         return VAR_RE.sub(one, value)
     if isinstance(value, list):
-        return [_subst(v, variables, path) for v in value]
+        return [_subst(v, variables, path, quote) for v in value]
     if isinstance(value, dict):
-        return {k: _subst(v, variables, path) for k, v in value.items()}
+        return {k: _subst(v, variables, path, quote or k in SHELL_PARAMS) for k, v in value.items()}
     return value
 
 
@@ -197,6 +273,7 @@ class Play:
                     continue
                 for host in batch:
                     params = _subst(step.params, {**self.pb.vars, "host": host}, self.pb.path)
+                    check_params(step.action, params, f"{self.pb.path}: step {step.index}")
                     t0 = time.monotonic()
                     self.say(f"[{host}] {step.label()}" + (" (dry run)" if dry_run else ""))
                     try:

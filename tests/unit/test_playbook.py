@@ -26,7 +26,7 @@ def write(tmp_path: Path, text: str) -> Path:
     ("hosts: [a]\nsteps:\n  - drain: {paralel: 2}\n", "unknown parameter(s) paralel"),
     ("hosts: [a]\nsteps:\n  - migrate: {to: b}\n", "name a container or a project"),
     ("hosts: [a]\nsteps:\n  - migrate: {to: b, container: x, project: y}\n", "name a container or a project"),
-    ("hosts: [a]\nsteps:\n  - drain: {bind_mounts: copy}\n", "bind_mounts is 'copy'; expected one of sync, shared"),
+    ("hosts: [a]\nsteps:\n  - drain: {bind_mounts: copy}\n", "bind_mounts must be one of sync, shared, not 'copy'"),
     ("steps:\n  - cordon: {}\n", "'hosts'"),
     ("hosts: [a]\nserial: 0\nsteps:\n  - cordon: {}\n", "'serial'"),
     ("hosts: [a]\nstep:\n  - cordon: {}\n", "unknown key(s) step"),
@@ -65,3 +65,31 @@ def test_dry_run_resolves_vars_and_start_at(tmp_path: Path) -> None:
     with pytest.raises(PlaybookError, match="undefined variable 'nope'"):
         Play(inventory(tmp_path), load(write(tmp_path, "hosts: [a]\nsteps:\n  - run: '{{ nope }}'\n"))).run(
             dry_run=True)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("hosts: [a]\nsteps:\n  - cordon: {}\n  - wait_for_ssh: {timeout: soon}\n",
+     "pb.yaml:4: step 2 (wait_for_ssh): timeout must be a number of seconds, not 'soon'"),
+    ("hosts: [a]\nsteps:\n  - drain: {parallel: 0}\n", "pb.yaml:3: step 1 (drain): parallel must be a whole number"),
+    ("hosts: [a]\nsteps:\n  - drain: {parallel: true}\n", "parallel must be a whole number >= 1, not True"),
+    ("hosts: [a]\nsteps:\n  - checkpoint: {container: [x]}\n", "container must be text, not ['x']"),
+    ("hosts: [a]\nsteps:\n  - drain: {select: app}\n", "select must be LABEL=VALUE"),
+])
+def test_parameters_are_checked_at_load_with_file_and_line(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(PlaybookError) as e:
+        load(write(tmp_path, text))
+    assert needle in str(e.value)
+
+
+def test_a_variable_s_value_never_becomes_shell_syntax(tmp_path: Path) -> None:
+    """In a run command a variable is one quoted word, whatever it holds; other parameters
+    get it as it is. A value checked only once substituted (it had a variable) is checked then."""
+    text = ("hosts: [a]\nsteps:\n  - run: 'echo {{ v }}'\n  - cordon: {reason: '{{ v }}'}\n"
+            "  - wait_for_ssh: {timeout: '{{ t }}'}\n")
+    pb = load(write(tmp_path, text), {"v": "x; touch /tmp/pwned $(id)", "t": "900"})
+    rep = Play(inventory(tmp_path), pb).run(dry_run=True)
+    assert "echo 'x; touch /tmp/pwned $(id)'" in rep.results[0].detail
+    assert "x; touch /tmp/pwned $(id)" in rep.results[1].detail
+    pb = load(write(tmp_path, text), {"v": "", "t": "later"})
+    with pytest.raises(PlaybookError, match=r"step 3 \(wait_for_ssh\): timeout must be a number of seconds"):
+        Play(inventory(tmp_path), pb).run(dry_run=True, start_at="3")
