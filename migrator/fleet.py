@@ -7,6 +7,7 @@ the others; each ends migrated, or rolled back and running on its source.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -102,6 +103,33 @@ class Plan:
     moves: list[Move]
     targets: list[dict[str, Any]]
     seconds: float = 0.0  # how long carrying it out took
+    to: list[str] | None = None  # what it was made from: the drain's --to and --select
+    select: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        """A plan as `to_dict` (`drain --dry-run --json`) wrote it."""
+        try:
+            known = {f.name for f in dataclasses.fields(Move)}
+            moves = [Move(**{k: v for k, v in m.items() if k in known}) for m in d["moves"]]
+            return cls(str(d["source"]), moves, list(d.get("targets") or []), to=d.get("to"), select=d.get("select"))
+        except (KeyError, TypeError, AttributeError) as ex:
+            raise PlanError(f"not a drain plan (as `drain --dry-run --json` writes one): {ex}") from None
+
+    def changes(self, now: Plan) -> list[str]:
+        """How `now` (the same drain planned again) differs from this plan, a line a container."""
+        before, after = {m.container: m for m in self.moves}, {m.container: m for m in now.moves}
+        out = []
+        for c in sorted(before.keys() | after.keys()):
+            if c not in after:
+                out.append(f"{c} no longer runs on {self.source}")
+            elif c not in before:
+                out.append(f"{c} was not in the plan")
+            elif before[c].target != after[c].target:
+                was, then = before[c].target or "stays", after[c].target or "stays"
+                now_does = f"stay ({after[c].reason})" if then == "stays" else f"go to {then}"
+                out.append(f"{c} would {now_does} now, the plan said {was}")
+        return out
 
     @property
     def movable(self) -> list[Move]:
@@ -116,8 +144,8 @@ class Plan:
         return {"outcomes": counts, "seconds": self.seconds, "max_downtime_s": max(downtimes, default=0.0)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "moves": [asdict(m) for m in self.moves], "targets": self.targets,
-                "summary": self.summary()}
+        return {"source": self.source, "to": self.to, "select": self.select, "moves": [asdict(m) for m in self.moves],
+                "targets": self.targets, "summary": self.summary()}
 
 
 def _why_not(c: Candidate, w: Want, rules: list[tuple[str, str, str]]) -> str | None:
@@ -232,7 +260,7 @@ def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
                           ",".join(c for lab in labels if (c := lab.get(CONSTRAINT_LABEL, ""))), unit_moves[1:]))
     place(wants, cands)
     targets = [{"name": c.name, "usable": c.usable, "why": c.why, "planned": c.planned} for c in cands]
-    return Plan(source, sorted(moves, key=lambda m: -m.memory), targets)
+    return Plan(source, sorted(moves, key=lambda m: -m.memory), targets, to=to, select=select)
 
 
 def execute(inv: Inventory, plan: Plan, parallel: int = 1,
@@ -285,8 +313,20 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
 def drain(inv: Inventory, source: str, *, to: list[str] | None = None, select: str | None = None,
           parallel: int = 1, dry_run: bool = False, frozen: int = 1, bind_mounts: str | None = None,
           remove_source_volumes: bool = False, events: Callable[[str, Event], None] | None = None,
-          reason: str = "drain") -> Plan:
+          reason: str = "drain", planned: Plan | None = None) -> Plan:
+    """Plan the drain (or, with `planned`, check that planning it again gives that plan:
+    the one `--dry-run` printed is the one carried out), cordon the host, move."""
+    if planned is not None:
+        if planned.source != source:
+            raise PlanError(f"the plan is a drain of {planned.source}, not of {source}")
+        to, select = planned.to, planned.select
     plan = plan_drain(inv, source, to, select)
+    if planned is not None:
+        changed = planned.changes(plan)
+        if changed:
+            raise PlanError(f"the facts changed since the plan was made: {'; '.join(changed)}",
+                            hint=f"see the new plan with `migrator drain {source} --dry-run`")
+        plan = planned
     unplaced = [m for m in plan.moves if not m.target and not m.pinned]
     if unplaced and not plan.movable and all(not t["usable"] for t in plan.targets):
         raise PlanError(f"nothing can leave {source}: no usable target ("

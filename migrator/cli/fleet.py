@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..errors import ExitCode, MigratorError
+from ..errors import ExitCode, MigratorError, PlanError
 from .base import AsJson, BindMounts, RemoveSourceVolumes, app, host_of, hosts_option, load_inventory
 from .render import err, fail, fleet_events, note, out, plan_table, print_json, progress_line, styled
 
@@ -41,6 +42,13 @@ def uncordon_cmd(host: str) -> None:
     out.print(f"{host}: uncordoned")
 
 
+def _read_plan(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as ex:
+        raise PlanError(f"--plan {path}: {ex}") from None
+
+
 @app.command("drain")
 def drain_cmd(
     host: str,
@@ -51,6 +59,8 @@ def drain_cmd(
         "--frozen", help="Containers frozen at once (more: a shorter drain, longer downtimes).")] = 1,
     bind_mounts: BindMounts = None,
     remove_source_volumes: RemoveSourceVolumes = False,
+    plan_file: Annotated[Path | None, typer.Option(
+        "--plan", help="Carry out this plan (from `drain --dry-run --json`); refused if the facts changed.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     as_json: AsJson = False,
 ) -> None:
@@ -58,10 +68,10 @@ def drain_cmd(
     from .. import fleet
 
     try:
+        planned = fleet.Plan.from_dict(_read_plan(plan_file)) if plan_file else None
         plan = fleet.drain(load_inventory(), host, to=hosts_option(to), select=select, parallel=parallel,
                            frozen=frozen, bind_mounts=bind_mounts, remove_source_volumes=remove_source_volumes,
-                           dry_run=dry_run,
-                           events=None if as_json else fleet_events)
+                           dry_run=dry_run, planned=planned, events=None if as_json else fleet_events)
     except MigratorError as ex:
         fail(ex)
     if as_json:

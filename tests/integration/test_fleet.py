@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from pathlib import Path
 
 from conftest import MIGRATOR, ROOT, LabHost, check_all, fill, run_cli
 
@@ -164,3 +165,29 @@ def test_evacuate_unreachable_host_from_replicas(hosts: dict[str, LabHost], lab:
         lab.start_dockerd(h1)
         lab.start_service(h1, "sshd")
         a.host.close()
+
+
+def test_drain_carries_out_the_plan_its_dry_run_printed_or_says_what_changed(hosts: dict[str, LabHost],
+                                                                             tmp_path: Path) -> None:
+    a = hosts["lab1"]
+    start(a, "q1", 7201)
+    start(a, "q2", 7202)
+    r = run_cli("drain", "lab1", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = tmp_path / "plan.json"
+    plan.write_text(r.stdout)
+    planned = {m["container"]: m["target"] for m in json.loads(r.stdout)["moves"]}
+    assert set(planned) == {"q1", "q2"} and all(planned.values())
+    assert run_cli("cordon", planned["q1"]).returncode == 0  # the facts change
+    r = run_cli("drain", "lab1", "--plan", str(plan))
+    assert r.returncode == 2, r.stdout + r.stderr
+    flat = " ".join(r.stderr.split())
+    assert "the facts changed since the plan was made" in flat and f"the plan said {planned['q1']}" in flat, flat
+    assert sorted(a.running()) == ["q1", "q2"]
+    assert not json.loads(run_cli("hosts", "--json").stdout)[0]["cordoned"]  # nothing was done
+    assert run_cli("uncordon", planned["q1"]).returncode == 0
+    r = run_cli("drain", "lab1", "--plan", str(plan), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for container, target in planned.items():
+        assert container in hosts[target].running()
+    run_cli("uncordon", "lab1")

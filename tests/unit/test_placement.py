@@ -111,3 +111,19 @@ def test_a_compose_project_is_placed_whole_on_one_host_booked_as_one() -> None:
     place([unit], [host("t", mem=int(450 * MiB), disk=10_000 * MiB)])  # 400 MiB x 1.25 does not fit
     assert [m.target for m in members] == [None, None]
     assert all(m.reason == "no target: t: not enough memory" for m in members)
+
+
+def test_a_plan_read_back_from_its_json_says_what_changed_when_planned_again() -> None:
+    """`drain --plan`: the plan `--dry-run --json` printed, read back; planning again with
+    other facts names each container whose move changed, or that came or went."""
+    from migrator.fleet import Plan
+
+    old = Plan("lab1", [Move("a", "lab1", "lab2", memory=MiB), Move("b", "lab1", "lab3"), Move("c", "lab1", "lab2"),
+                        Move("p", "lab1", None, pinned=True, outcome="stays", reason="pinned")], [], select="x=1")
+    back = Plan.from_dict(old.to_dict())
+    assert back.moves == old.moves and back.select == "x=1" and back.changes(old) == []
+    now = Plan("lab1", [Move("a", "lab1", "lab3"), Move("b", "lab1", None, reason="no target: lab3: cordoned"),
+                        Move("d", "lab1", "lab2"), Move("p", "lab1", None, pinned=True)], [])
+    assert back.changes(now) == ["a would go to lab3 now, the plan said lab2",
+                                 "b would stay (no target: lab3: cordoned) now, the plan said lab3",
+                                 "c no longer runs on lab1", "d was not in the plan"]
