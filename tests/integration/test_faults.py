@@ -512,3 +512,18 @@ def test_checkpoint_files_private_in_transit_and_secrets_not_logged(hosts: dict[
     assert r.returncode == 0, r.stderr
     assert "hunter2" not in r.stdout + r.stderr
     assert "migrator-transfer" in r.stderr and "PRIVATE KEY" not in r.stderr  # -v logs commands, never keys
+
+
+def test_recover_by_migration_id_touches_only_that_one(hosts: dict[str, LabHost]) -> None:
+    a = hosts["lab1"]
+    start_redis(a)
+    fill(a.redis(), 1_000)
+    kill_cli_at("freeze ...", "migrate", "r1", "--from", "lab1", "--to", "lab2")
+    [entry] = [json.loads(p.read_text()) for p in (ROOT / ".test-state" / "journal").glob("*.json")]
+    r = run_cli("recover", "mig-00000000-000000-000000", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stdout  # another id: nothing done
+    assert (ROOT / ".test-state" / "journal" / f"{entry['migration_id']}.json").exists()
+    r = run_cli("recover", entry["migration_id"], "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert [(x["migration_id"], x["outcome"]) for x in json.loads(r.stdout)] == [(entry["migration_id"], "rolled_back")]
+    assert assert_invariant(hosts, 1_000) == "lab1"

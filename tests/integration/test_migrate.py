@@ -450,3 +450,18 @@ def test_a_failed_dump_says_criu_s_error_and_keeps_its_log(hosts: dict[str, LabH
     assert a.sh("stat", "-c", "%a", log[1]).strip() == "600"
     assert "Can't dump ghost file" in a.sh("cat", log[1])
     assert a.redis().get("k") == b"v"
+
+
+def test_keep_source_leaves_the_source_stopped_with_its_configuration(hosts: dict[str, LabHost]) -> None:
+    a, b = hosts["lab1"], hosts["lab2"]
+    start_redis(a, "r1", 6379, "--restart", "always", "-v", "kept:/data").set("k", "v")
+    r = run_cli("migrate", "r1", "--from", "lab1", "--to", "lab2", "--keep-source", "--json")
+    assert r.returncode == 0, r.stderr
+    assert b.wait_redis().get("k") == b"v"
+    kept = a.engine.inspect("r1")
+    assert kept is not None and not kept["State"]["Running"], "kept, stopped"
+    # its restart policy "no": a dockerd restart there never starts this stale copy beside the moved one
+    assert kept["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    assert b.engine.inspect("r1")["HostConfig"]["RestartPolicy"]["Name"] == "always"  # the moved one has it
+    assert a.sh("docker", "volume", "ls", "-q").split() == ["kept"]  # its volume stays with it
+
