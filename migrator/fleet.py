@@ -116,21 +116,6 @@ class Plan:
         except (KeyError, TypeError, AttributeError) as ex:
             raise PlanError(f"not a drain plan (as `drain --dry-run --json` writes one): {ex}") from None
 
-    def changes(self, now: Plan) -> list[str]:
-        """How `now` (the same drain planned again) differs from this plan, a line a container."""
-        before, after = {m.container: m for m in self.moves}, {m.container: m for m in now.moves}
-        out = []
-        for c in sorted(before.keys() | after.keys()):
-            if c not in after:
-                out.append(f"{c} no longer runs on {self.source}")
-            elif c not in before:
-                out.append(f"{c} was not in the plan")
-            elif before[c].target != after[c].target:
-                was, then = before[c].target or "stays", after[c].target or "stays"
-                now_does = f"stay ({after[c].reason})" if then == "stays" else f"go to {then}"
-                out.append(f"{c} would {now_does} now, the plan said {was}")
-        return out
-
     @property
     def movable(self) -> list[Move]:
         return [m for m in self.moves if m.target]
@@ -191,10 +176,42 @@ def place(wants: list[Want], cands: list[Candidate]) -> None:
         best = min(fits, key=lambda c: (c.planned, -(c.mem_available - c.planned_mem), c.name))
         for m in w.moves:
             m.target = best.name
-        best.planned += len(w.moves)
-        best.planned_mem += w.memory
-        best.planned_disk += int(w.memory * DISK_MARGIN)
-        best.ports |= w.ports
+        _book(best, w)
+
+
+def _book(c: Candidate, w: Want) -> None:
+    """What moving `w` there takes of candidate c, for the moves planned after it."""
+    c.planned += len(w.moves)
+    c.planned_mem += w.memory
+    c.planned_disk += int(w.memory * DISK_MARGIN)
+    c.ports |= w.ports
+
+
+def still_fits(planned: Plan, moves: list[Move], wants: list[Want], cands: list[Candidate]) -> list[str]:
+    """Why a plan made earlier cannot be carried out as it is on the facts of now (as
+    `gather` finds them), a line each, or nothing: the containers are the same, and every
+    planned move still fits its target (booked as `place` books them)."""
+    target = {m.container: m.target for m in planned.moves}
+    now = {m.container for m in moves}
+    out = [f"{c} no longer runs on {planned.source}" for c in sorted(set(target) - now)]
+    out += [f"{c} was not in the plan" for c in sorted(now - set(target))]
+    by_name = {c.name: c for c in cands}
+    for w in sorted(wants, key=lambda w: -w.memory):
+        where = {target.get(m.container) for m in w.moves if m.container in target}
+        if not where or where == {None}:
+            continue  # not in the plan (said above), or planned to stay
+        t = next(iter(where)) if len(where) == 1 else None
+        c = by_name.get(t or "")
+        try:
+            why = ("its containers were planned apart" if t is None else f"{t} is not a target of this drain"
+                   if c is None else _why_not(c, w, parse_constraints(w.constraint)))
+        except MigratorError as ex:
+            why = str(ex)
+        if why:
+            out.append(f"{w.move.container} cannot go to {t or 'one host'} now: {why}")
+        elif c is not None:
+            _book(c, w)
+    return out
 
 
 def _candidate(inv: Inventory, name: str) -> Candidate:
@@ -217,9 +234,10 @@ def _candidate(inv: Inventory, name: str) -> Candidate:
     return c
 
 
-def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
-               select: str | None = None) -> Plan:
-    """Where each running container of `source` goes (`place`, from the hosts' facts)."""
+def gather(inv: Inventory, source: str, to: list[str] | None = None,
+           select: str | None = None) -> tuple[list[Move], list[Want], list[Candidate]]:
+    """The facts a drain of `source` is planned from: its running containers (as moves, the
+    pinned ones staying; each unit to place a Want) and each possible target."""
     inv.host(source)
     names = [inv.host(t).name for t in to] if to else [n for n in inv.hosts if n != source]
     names = [n for n in names if n != source]
@@ -258,6 +276,13 @@ def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
             continue
         wants.append(Want(unit_moves[0], {(p, proto) for spec in unit for _ip, p, proto in spec.published_ports()},
                           ",".join(c for lab in labels if (c := lab.get(CONSTRAINT_LABEL, ""))), unit_moves[1:]))
+    return moves, wants, cands
+
+
+def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
+               select: str | None = None) -> Plan:
+    """Where each running container of `source` goes (`place`, from the hosts' facts)."""
+    moves, wants, cands = gather(inv, source, to, select)
     place(wants, cands)
     targets = [{"name": c.name, "usable": c.usable, "why": c.why, "planned": c.planned} for c in cands]
     return Plan(source, sorted(moves, key=lambda m: -m.memory), targets, to=to, select=select)
@@ -314,19 +339,19 @@ def drain(inv: Inventory, source: str, *, to: list[str] | None = None, select: s
           parallel: int = 1, dry_run: bool = False, frozen: int = 1, bind_mounts: str | None = None,
           remove_source_volumes: bool = False, events: Callable[[str, Event], None] | None = None,
           reason: str = "drain", planned: Plan | None = None) -> Plan:
-    """Plan the drain (or, with `planned`, check that planning it again gives that plan:
-    the one `--dry-run` printed is the one carried out), cordon the host, move."""
+    """Plan the drain, cordon the host, move. With `planned` (the plan `--dry-run` printed),
+    carry out exactly that one, once it is checked against the facts of now: refused,
+    naming why, if a move no longer fits its target or the containers changed."""
     if planned is not None:
         if planned.source != source:
             raise PlanError(f"the plan is a drain of {planned.source}, not of {source}")
-        to, select = planned.to, planned.select
-    plan = plan_drain(inv, source, to, select)
-    if planned is not None:
-        changed = planned.changes(plan)
+        changed = still_fits(planned, *gather(inv, source, planned.to, planned.select))
         if changed:
             raise PlanError(f"the facts changed since the plan was made: {'; '.join(changed)}",
-                            hint=f"see the new plan with `migrator drain {source} --dry-run`")
+                            hint=f"see a new plan with `migrator drain {source} --dry-run`")
         plan = planned
+    else:
+        plan = plan_drain(inv, source, to, select)
     unplaced = [m for m in plan.moves if not m.target and not m.pinned]
     if unplaced and not plan.movable and all(not t["usable"] for t in plan.targets):
         raise PlanError(f"nothing can leave {source}: no usable target ("

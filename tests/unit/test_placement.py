@@ -113,17 +113,27 @@ def test_a_compose_project_is_placed_whole_on_one_host_booked_as_one() -> None:
     assert all(m.reason == "no target: t: not enough memory" for m in members)
 
 
-def test_a_plan_read_back_from_its_json_says_what_changed_when_planned_again() -> None:
-    """`drain --plan`: the plan `--dry-run --json` printed, read back; planning again with
-    other facts names each container whose move changed, or that came or went."""
-    from migrator.fleet import Plan
+def test_a_plan_read_back_from_its_json_is_checked_against_the_facts_of_now() -> None:
+    """`drain --plan`: the plan `--dry-run --json` printed, read back, is carried out as it
+    is while every move still fits its target (booked in turn); otherwise each reason."""
+    from migrator.fleet import Plan, still_fits
 
-    old = Plan("lab1", [Move("a", "lab1", "lab2", memory=MiB), Move("b", "lab1", "lab3"), Move("c", "lab1", "lab2"),
+    old = Plan("lab1", [Move("a", "lab1", "t1", memory=100 * MiB), Move("b", "lab1", "t2", memory=100 * MiB),
                         Move("p", "lab1", None, pinned=True, outcome="stays", reason="pinned")], [], select="x=1")
     back = Plan.from_dict(old.to_dict())
-    assert back.moves == old.moves and back.select == "x=1" and back.changes(old) == []
-    now = Plan("lab1", [Move("a", "lab1", "lab3"), Move("b", "lab1", None, reason="no target: lab3: cordoned"),
-                        Move("d", "lab1", "lab2"), Move("p", "lab1", None, pinned=True)], [])
-    assert back.changes(now) == ["a would go to lab3 now, the plan said lab2",
-                                 "b would stay (no target: lab3: cordoned) now, the plan said lab3",
-                                 "c no longer runs on lab1", "d was not in the plan"]
+    assert back.moves == old.moves and back.select == "x=1"
+
+    def now(t1_mem: int, t2_usable: bool = True, extra: bool = False) -> list[str]:
+        wants = [want("a", 100 * MiB), want("b", 100 * MiB)] + ([want("new", MiB)] if extra else [])
+        moves = [w.move for w in wants] + [Move("p", "lab1", None, pinned=True)]
+        cands = [host("t1", t1_mem, 10_000 * MiB), host("t2", 10_000 * MiB, 10_000 * MiB)]
+        cands[1].usable, cands[1].why = t2_usable, "" if t2_usable else "cordoned"
+        return still_fits(back, moves, wants, cands)
+
+    assert now(10_000 * MiB) == []  # t2 would suit a as well: the plan is carried out as it is
+    assert now(100 * MiB) == ["a cannot go to t1 now: not enough memory"]
+    assert now(10_000 * MiB, t2_usable=False) == ["b cannot go to t2 now: cordoned"]
+    assert now(10_000 * MiB, extra=True) == ["new was not in the plan"]
+    gone = still_fits(back, [Move("a", "lab1", None, memory=100 * MiB)], [want("a", 100 * MiB)],
+                      [host("t1", 10_000 * MiB, 10_000 * MiB)])
+    assert gone == ["b no longer runs on lab1", "p no longer runs on lab1"]
