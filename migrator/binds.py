@@ -17,11 +17,14 @@ must be there where it is restored.
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import shell
 from .errors import MigratorError
 from .transport import Host
+
+if TYPE_CHECKING:
+    from .transfer import Link
 
 MODES = ("sync", "shared")
 
@@ -76,6 +79,19 @@ def first_missing(dst: Host, path: str) -> str | None:
     r = dst.run(["bash", "-c", 'p=$1; m=; while [ -n "$p" ] && [ ! -e "$p" ]; do m=$p; p=${p%/*}; done; '
                  'printf %s "$m"', "_", path.rstrip("/")], check=False)
     return r.stdout or None
+
+
+def unmake(host: Host, path: str, check: bool = True) -> None:
+    """Remove what a copy made at `path` (as `first_missing` named it), on its filesystem only."""
+    host.run(["rm", "-rf", "--one-file-system", "--", path], check=check)
+
+
+def send(link: Link, path: str) -> tuple[bool, int]:
+    """Copy bind source `path` to the same path on the link's target (made there as needed;
+    `first_missing` says beforehand what that makes). Returns (it is a file, bytes sent)."""
+    file = not is_dir(link.src, path)
+    link.dst.run(["mkdir", "-p", path.rsplit("/", 1)[0] if file else path])
+    return file, link.sync_dir(path, path, file=file)
 
 
 def pack(host: Host, path: str, archive: str) -> None:

@@ -107,13 +107,11 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
             where = f"{target_workdir}/cp"
             for m in mounts if bind_mounts == "sync" else []:  # as they are now, just after the dump
                 made += [p for p in [binds.first_missing(dst, m["Source"])] if p]
-                file = not binds.is_dir(src, m["Source"])
-                dst.run(["mkdir", "-p", m["Source"].rsplit("/", 1)[0] if file else m["Source"]])
-                rep.bytes_sent += link.sync_dir(m["Source"], m["Source"], file=file)
+                rep.bytes_sent += binds.send(link, m["Source"])[1]
         rep.clone_id = store.start_from(dst, where, new_name, body)
     except MigratorError:
         for path in made:
-            dst.run(["rm", "-rf", "--one-file-system", "--", path], check=False)
+            binds.unmake(dst, path, check=False)
         raise
     finally:
         if link is not None:

@@ -310,9 +310,8 @@ class Migration:
                 made = binds.first_missing(self.dst, m["Source"])
                 if made:
                     self.record(kind="path", path=made)
-                file = self.bind_files[m["Source"]] = not binds.is_dir(self.src, m["Source"])
-                self.dst.run(["mkdir", "-p", m["Source"].rsplit("/", 1)[0] if file else m["Source"]])
-                phase.bytes += link.sync_dir(m["Source"], m["Source"], file=file)
+                self.bind_files[m["Source"]], sent = binds.send(link, m["Source"])
+                phase.bytes += sent
             for name, endpoint in spec.user_networks().items():  # once per target and network in a batch
                 once(self.shared, ("network", self.dst.name, name), functools.partial(
                     self._make_network, name, bool(networks.fixed_address(endpoint)), source_engine, target_engine))

@@ -8,7 +8,7 @@ import contextlib
 from datetime import datetime
 from typing import Any
 
-from . import checkpoint, journal, layout
+from . import binds, checkpoint, journal, layout
 from .engine import Engine
 from .errors import MigratorError
 from .images import remove_workdir
@@ -35,7 +35,7 @@ class Sides:
         elif kind == "volume":
             self.target_engine.volume_remove(record["name"])
         elif kind == "path":  # a bind mount's path that this move made on the target
-            self.dst.run(["rm", "-rf", "--one-file-system", "--", record["path"]])
+            binds.unmake(self.dst, record["path"])
         elif kind == "network":  # made for this move: kept while a container there is configured on it
             if not self.target_engine.network_users(record["name"]):
                 self.target_engine.network_remove(record["name"])

@@ -257,7 +257,7 @@ def restore(host: Host, container: str, name: str = "latest", from_host: Host | 
         start_from(host, stored.path, container, spec.create_body())
     except MigratorError:
         for path in put:
-            host.run(["rm", "-rf", "--one-file-system", "--", path], check=False)
+            binds.unmake(host, path, check=False)
         if existing is not None:
             engine.rename(existing["Id"], container)
         raise
