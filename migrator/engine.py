@@ -198,10 +198,10 @@ class Engine:
         self._call(f"connect {container} to {name}", lambda a: a._result(a._post_json(
             a._url("/networks/{0}/connect", name), data={"Container": container, "EndpointConfig": endpoint})))
 
-    def network_users(self, name: str) -> list[str]:
-        """Names of the containers (any state) configured on network `name`."""
+    def users(self, kind: str, name: str) -> list[str]:
+        """Names of the containers (any state) on `kind` ("network", "volume") `name`."""
         return [c["Names"][0].lstrip("/") for c in self._call(
-            f"list containers on {name}", lambda a: a.containers(all=True, filters={"network": name}))]
+            f"list containers of {kind} {name}", lambda a: a.containers(all=True, filters={kind: name}))]
 
     def volume_inspect(self, name: str) -> dict[str, Any] | None:
         return self._call(f"inspect volume {name}", lambda a: a.inspect_volume(name), None)
@@ -209,11 +209,6 @@ class Engine:
     def volume_create(self, name: str, options: dict[str, str], labels: dict[str, str]) -> None:
         self._call(f"create volume {name}", lambda a: a.create_volume(
             name, driver="local", driver_opts=options or None, labels=labels or None))
-
-    def volume_users(self, name: str) -> list[str]:
-        """Names of the containers (any state) that mount volume `name`."""
-        return [c["Names"][0].lstrip("/") for c in self._call(
-            f"list containers of {name}", lambda a: a.containers(all=True, filters={"volume": name}))]
 
     def volume_remove(self, name: str) -> None:
         self._call(f"remove volume {name}", lambda a: a.remove_volume(name, force=True), None)

@@ -250,7 +250,7 @@ class Migration:
         source_engine = self.engines[0]
         for m in self.spec.named_volumes():
             name = m["Name"]
-            if self.remove_source_volumes and not source_engine.volume_users(name):
+            if self.remove_source_volumes and not source_engine.users("volume", name):
                 try:
                     source_engine.volume_remove(name)
                     continue

@@ -37,7 +37,7 @@ class Sides:
         elif kind == "path":  # a bind mount's path that this move made on the target
             binds.unmake(self.dst, record["path"])
         elif kind == "network":  # made for this move: kept while a container there is configured on it
-            if not self.target_engine.network_users(record["name"]):
+            if not self.target_engine.users("network", record["name"]):
                 self.target_engine.network_remove(record["name"])
         elif kind == "restart_policy":
             self.source_engine.update_restart_policy(self.entry.container_id, record["policy"])
