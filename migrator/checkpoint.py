@@ -22,21 +22,25 @@ from .engine import Engine
 from .errors import CheckpointError, MigratorError, tail
 from .images import checkpoint_dir, in_tmpfs
 from .layout import RUNC_CONF, RUNC_LOCK, hold_dir
-from .locks import MIGRATE_CRIU_OPTS, criu_argv, criu_result, criu_run
+from .locks import connection_opts, criu_argv, criu_result, criu_run
 from .probes import runtime_root
 from .transport import Host
 
 log = logging.getLogger(__name__)
 
 def dump_argv(host: Host, container_id: str, img: str, *, root: str, leave_running: bool = False,
-              hold: tuple[str, int] | None = None) -> list[str | int]:
+              hold: tuple[str, int] | None = None, keep_connections: bool = False,
+              address_moves: bool = False) -> list[str | int]:
     """argv that checkpoints the container's processes into `img` (CRIU images, 0600, and
     their MANIFEST). With `hold` (the operation id and the container's pid), the dump keeps
     the processes frozen once the images are complete, in a process of its own on the host,
-    and the argv returns then: `release` later commits (they die) or aborts (they resume)."""
+    and the argv returns then: `release` later commits (they die) or aborts (they resume).
+    `keep_connections`: established connections dumped as they are (locks.KEEP_CRIU_OPTS);
+    `address_moves`: the address goes to the target, so the held source stops answering
+    ARP for it (post-dump.sh)."""
     work = f"{os.path.dirname(img)}/criu-work"
     held = hold_dir(hold[0]) if hold else ""
-    opts = [*MIGRATE_CRIU_OPTS, *([f"action-script {held}/post-dump"] if hold else [])]
+    opts = [*connection_opts(keep_connections), *([f"action-script {held}/post-dump"] if hold else [])]
     dump = hostscripts.argv(host, "dump.sh", "--img", img, "--work", work, "--container", container_id,
                             "--root", root, *(["--leave-running"] if leave_running else []),
                             *[w for o in opts for w in ("--opt", o)])
@@ -45,12 +49,14 @@ def dump_argv(host: Host, container_id: str, img: str, *, root: str, leave_runni
     if hold is None:
         return dump
     return hostscripts.argv(host, "held.sh", "--hold", held, "--pid", hold[1], "--img", img,
-                            "--lock", RUNC_LOCK, "--conf", RUNC_CONF, "--", *dump)
+                            "--lock", RUNC_LOCK, "--conf", RUNC_CONF, *(["--address-moves"] if address_moves else []),
+                            "--", *dump)
 
 
 def dump(host: Host, container_id: str, img: str, *, root: str, leave_running: bool = False,
-         hold: tuple[str, int] | None = None) -> None:
-    r = host.run(dump_argv(host, container_id, img, root=root, leave_running=leave_running, hold=hold),
+         hold: tuple[str, int] | None = None, keep_connections: bool = False, address_moves: bool = False) -> None:
+    r = host.run(dump_argv(host, container_id, img, root=root, leave_running=leave_running, hold=hold,
+                           keep_connections=keep_connections, address_moves=address_moves),
                  check=False, timeout=3600)
     try:
         criu_result(host, f"checkpoint of {container_id[:12]}", r)
@@ -129,22 +135,30 @@ def in_place(path: str, job: str = "", scripts: str | None = None) -> str:
 def start_from_images(host: Host, engine: Engine, container_id: str, img: str, name: str,
                       options: list[str] | None = None, *, verify: bool = False, ports: list[int] | None = None,
                       wait: int = 30, pages: dict[str, int] | None = None, action: bool = True,
-                      published: list[int] | None = None) -> None:
+                      published: list[int] | None = None, keep_connections: bool = False,
+                      address_moves: bool = False) -> int:
     """`docker start --checkpoint` from the CRIU images in `img` (restore.sh), without
     copying the pages; with `verify`, only if they match their MANIFEST, and the pages files
     the sizes in `pages` (images.expected_pages); with `ports`, returns once the container
     accepts connections on them (fails after `wait` s). With `action`, CRIU runs
     restore-action.sh: clients are refused, not dropped, while it restores, and from the
-    `published` host ports (TCP) while Docker sets the container up."""
+    `published` host ports (TCP) while Docker sets the container up; with
+    `keep_connections` (images dumped so) the connections are restored as they were, and
+    their packets dropped, not refused, until then; with `address_moves` the address is
+    announced from here once restored. Returns the connections restored (kept ones)."""
     sizes = " ".join(f"{f}:{n}" for f, n in sorted((pages or {}).items()))
     action_script = f"action-script {hostscripts.installed(host)}/restore-action.sh"
-    opts = [*(MIGRATE_CRIU_OPTS if options is None else options), *([action_script] if action else [])]
+    base = connection_opts(keep_connections) if options is None else options
+    opts = [*base, *([action_script] if action else [])]
     restore = hostscripts.argv(
         host, "restore.sh", "--img", img, "--cpdir", checkpoint_dir(engine.docker_root, container_id, name),
         "--name", name, "--container", container_id, *(["--verify"] if verify else []), "--pages", sizes,
         *(["--action"] if action else []), "--published", " ".join(map(str, published or [])), "--wait", wait,
-        *(["--at-create"] if hosts.restore_at_create(engine.server_version) else []), "--", *(ports or []))
-    criu_run(host, f"restore of {container_id[:12]}", restore, opts)
+        *(["--at-create"] if hosts.restore_at_create(engine.server_version) else []),
+        *(["--keep-connections"] if keep_connections else []), *(["--announce"] if address_moves else []),
+        "--", *(ports or []))
+    said = criu_run(host, f"restore of {container_id[:12]}", restore, opts).split()
+    return int(said[1]) if said[:1] == ["sockets"] and said[1:2] and said[1].isdigit() else 0
 
 
 def pack_fs(host: Host, upper_dir: str, archive: str) -> None:

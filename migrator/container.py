@@ -97,9 +97,15 @@ class Spec:
         nets = (self.inspect.get("NetworkSettings") or {}).get("Networks") or {}
         return dict(sorted(nets.items(), key=lambda kv: kv[0] != mode))
 
-    def endpoint(self, network: str) -> dict[str, Any]:
+    def addresses(self) -> list[str]:
+        """Its IPv4 addresses on its user-defined networks."""
+        return [str(ep["IPAddress"]) for ep in self.user_networks().values() if ep.get("IPAddress")]
+
+    def endpoint(self, network: str, same_address: bool = False) -> dict[str, Any]:
         """How it joins `network` on another host: its aliases (but its short id, which is
-        the target copy's own), its fixed address if it has one, links and driver options."""
+        the target copy's own), its fixed address if it has one, links and driver options.
+        With `same_address` (an address of the L2, which moves with it: networks.MOVING),
+        its address and MAC as they are now, fixed or not."""
         ep = self.user_networks().get(network) or {}
         out: dict[str, Any] = {}
         aliases = [a for a in ep.get("Aliases") or [] if not self.id.startswith(a)]
@@ -108,15 +114,24 @@ class Spec:
         for key in ("IPAMConfig", "Links", "DriverOpts"):
             if ep.get(key):
                 out[key] = ep[key]
+        if same_address:
+            out["IPAMConfig"] = {**(ep.get("IPAMConfig") or {}), "IPv4Address": ep.get("IPAddress") or "",
+                                 **({"IPv6Address": ep["GlobalIPv6Address"]} if ep.get("GlobalIPv6Address") else {})}
+            if ep.get("MacAddress"):
+                out["MacAddress"] = ep["MacAddress"]  # API 1.44 and newer
         return out
 
-    def create_body(self) -> dict[str, Any]:
+    def create_body(self, same_address: bool = False) -> dict[str, Any]:
         """The Engine API create body: the same Config and HostConfig, on its own network (the
-        others are connected before it starts: API 1.41 takes one here)."""
+        others are connected before it starts: API 1.41 takes one here); `same_address` as
+        for endpoint()."""
         body: dict[str, Any] = dict(self.inspect["Config"])
         body["HostConfig"] = self.host_config
         nets = self.user_networks()
         if nets:
             first = next(iter(nets))
-            body["NetworkingConfig"] = {"EndpointsConfig": {first: self.endpoint(first)}}
+            ep = self.endpoint(first, same_address)
+            body["NetworkingConfig"] = {"EndpointsConfig": {first: ep}}
+            if ep.get("MacAddress"):  # where API 1.41 takes it (for its own network), the same
+                body["MacAddress"] = ep["MacAddress"]
         return body

@@ -289,11 +289,11 @@ def plan_drain(inv: Inventory, source: str, to: list[str] | None = None,
 
 
 def execute(inv: Inventory, plan: Plan, parallel: int = 1,
-            events: Callable[[str, Event], None] | None = None, frozen: int = 1,
-            bind_mounts: str | None = None, remove_source_volumes: bool = False) -> list[Move]:
+            events: Callable[[str, Event], None] | None = None, frozen: int = 1, **options: Any) -> list[Move]:
     """Run the plan's moves, at most `parallel` at once and `frozen` of them in their freeze
     window, sharing what is the same for all of them (`Shared`). Every move ends with an
-    outcome, told as an "end" event."""
+    outcome, told as an "end" event. `options`: each Migration's (bind_mounts,
+    remove_source_volumes, connections, hooks)."""
     shared = Shared(frozen)
     t0 = time.monotonic()
     units: dict[str, list[Move]] = {}  # a compose project's moves go together (ProjectMove)
@@ -307,12 +307,10 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
         try:
             if first.project:
                 rep: Any = ProjectMove(inv, first.project, first.source, first.target, shared=shared, events=events,
-                                       names=[m.container for m in unit], bind_mounts=bind_mounts,
-                                       remove_source_volumes=remove_source_volumes).run()
+                                       names=[m.container for m in unit], **options).run()
             else:
                 rep = Migration(inv, first.container, first.source, first.target, shared=shared,
-                                bind_mounts=bind_mounts, remove_source_volumes=remove_source_volumes,
-                                events=(lambda ev: events(first.container, ev)) if events else None).run()
+                                events=(lambda ev: events(first.container, ev)) if events else None, **options).run()
             error = None
         except MigratorError as ex:
             rep, error = ex.report, str(ex)
@@ -336,12 +334,13 @@ def execute(inv: Inventory, plan: Plan, parallel: int = 1,
 
 
 def drain(inv: Inventory, source: str, *, to: list[str] | None = None, select: str | None = None,
-          parallel: int = 1, dry_run: bool = False, frozen: int = 1, bind_mounts: str | None = None,
-          remove_source_volumes: bool = False, events: Callable[[str, Event], None] | None = None,
-          reason: str = "drain", planned: Plan | None = None) -> Plan:
+          parallel: int = 1, dry_run: bool = False, frozen: int = 1,
+          events: Callable[[str, Event], None] | None = None, reason: str = "drain", planned: Plan | None = None,
+          **options: Any) -> Plan:
     """Plan the drain, cordon the host, move. With `planned` (the plan `--dry-run` printed),
     carry out exactly that one, once it is checked against the facts of now: refused,
-    naming why, if a move no longer fits its target or the containers changed."""
+    naming why, if a move no longer fits its target or the containers changed. `options`:
+    each move's (execute)."""
     if planned is not None:
         if planned.source != source:
             raise PlanError(f"the plan is a drain of {planned.source}, not of {source}")
@@ -361,7 +360,7 @@ def drain(inv: Inventory, source: str, *, to: list[str] | None = None, select: s
         return plan
     with Host(inv.host(source)) as h:
         hosts.cordon(h, reason)
-    execute(inv, plan, parallel, events, frozen, bind_mounts, remove_source_volumes)
+    execute(inv, plan, parallel, events, frozen, **options)
     return plan
 
 

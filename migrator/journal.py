@@ -44,6 +44,9 @@ class Entry:
     # What was made or changed, in order, so it can be undone by anyone who reads this.
     undo: list[dict[str, Any]] = field(default_factory=list)
     group: str = ""  # the unit it moves with (a compose project's move): finished or rolled back together
+    keep_connections: bool = False  # dumped with its connections (a rollback restores them so too)
+    address_moves: bool = False  # its address (the L2's) goes with it: one host at a time answers for it
+    addresses: list[str] = field(default_factory=list)  # those addresses
     started: float = field(default_factory=time.time)
     pid: int = field(default_factory=os.getpid)
 

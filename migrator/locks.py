@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 # A move to another host: established connections are restored closed (clients reconnect
 # to the new address); connections still being set up are skipped.
 MIGRATE_CRIU_OPTS = ["tcp-close", "skip-in-flight"]
+# ... or, where the address moves with the container (networks.MOVING), restored as they
+# were (the same address on the target): clients go on on the same connection.
+KEEP_CRIU_OPTS = ["tcp-established", "skip-in-flight"]
+
+
+def connection_opts(keep: bool) -> list[str]:
+    return KEEP_CRIU_OPTS if keep else MIGRATE_CRIU_OPTS
 LOCK_WAIT_S = 120
 
 

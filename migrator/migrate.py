@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
-from . import binds, checkpoint, journal, networks, preflight
+from . import binds, checkpoint, hooks, journal, networks, preflight
 from .container import Spec, validate_name
 from .engine import Engine
 from .errors import LockedError, MigrationFailed, MigratorError, PreflightError, RollbackFailed
@@ -71,6 +71,9 @@ class MigrationReport:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     volumes_left: list[str] = field(default_factory=list)  # named volumes still on the source
+    connections: str = ""  # kept (restored as they were: its address moved with it) | closed
+    sockets_restored: int = 0  # connections restored on the target (kept ones)
+    hooks: list[dict[str, Any]] = field(default_factory=list)  # what the --hook commands did (hooks.HookRun)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,7 +88,8 @@ class Migration:
     def __init__(self, inv: Inventory, container: str, source: str, target: str, *,
                  keep_source: bool = False, relay: bool = False, events: Events | None = None,
                  shared: Shared | None = None, bind_mounts: str | None = None,
-                 remove_source_volumes: bool = False, group: str = "") -> None:
+                 remove_source_volumes: bool = False, group: str = "", connections: str | None = None,
+                 hooks: dict[str, list[str]] | None = None) -> None:
         self.inv = inv
         self.container = validate_name(container)
         if source == target:
@@ -106,6 +110,10 @@ class Migration:
         self.bind_files: dict[str, bool] = {}  # synced bind sources: is it a file (asked in the presync)
         self.remove_source_volumes = remove_source_volumes
         self.group = group  # the unit (a compose project's move) it is part of: recovered together
+        if connections not in (None, "keep", "close"):
+            raise MigratorError(f"connections {connections!r}: keep or close")
+        self.connections = connections  # asked for: keep, close, or None (kept where the address moves)
+        self.hooks = hooks or {}  # the operator's commands, by stage (hooks.py)
         self.t_freeze = 0.0
 
     def begin(self, name: str) -> PhaseReport:
@@ -181,7 +189,10 @@ class Migration:
                 self.source_workdir = make_workdir(self.src, self.migration_id)
                 target_workdir = make_workdir(self.dst, self.migration_id)
                 checks = preflight.run(self.src, self.dst, spec, self.source_workdir, target_workdir, self.shared,
-                                       self.bind_mounts)
+                                       self.bind_mounts, self.connections)
+                self.entry.address_moves, self.entry.keep_connections = checks.address_moves, checks.keep_connections
+                self.entry.addresses = spec.addresses() if checks.address_moves else []
+                self.report.connections = "kept" if checks.keep_connections else "closed"
                 self.memory = checks.memory_bytes
                 self.report.preflight = [asdict(c) for c in checks.checks]
                 if checks.failures:
@@ -215,6 +226,10 @@ class Migration:
         """Freeze, copy, restore, verify."""
         source_engine, target_engine = self.engines
         spec = self.spec
+        ran = self._hook("pre-freeze")
+        if ran and ran[-1].rc:
+            raise hooks.HookFailed(f"pre-freeze hook `{ran[-1].command}` exited {ran[-1].rc}: "
+                                   f"{ran[-1].output[-300:] or 'no output'}; {spec.name} was not frozen")
         with self.shared.window() if self.shared else contextlib.nullcontext():
             self.t_freeze = time.monotonic()
             self._move(spec, source_engine, target_engine)
@@ -222,6 +237,27 @@ class Migration:
         with self.phase("verify"):  # once more, through Docker: it runs and answers
             if not answers(self.dst, target_engine, spec.name, self.entry.ports, timeout=30):  # type: ignore[union-attr]
                 raise MigratorError(f"{self.dst.name}: {spec.name} started but does not answer")
+        ran = self._hook("post-restore", downtime_s=f"{self.report.downtime_s:.3f}")
+        if ran and ran[-1].rc:  # it runs on the target: the move stands
+            self.report.warnings.append(f"post-restore hook `{ran[-1].command}` exited {ran[-1].rc}")
+
+    def _hook(self, stage: str, **more: str) -> list[hooks.HookRun]:
+        """Run the operator's commands of `stage` with this move's facts; in the report."""
+        if not self.hooks.get(stage):
+            return []
+        entry = self.entry
+        facts = {"migration_id": self.migration_id, "container": self.spec.name, "source": self.src.name,
+                 "target": self.dst.name, "source_address": self.src.spec.address,
+                 "target_address": self.dst.spec.address,
+                 "container_addresses": " ".join(self.spec.addresses()),
+                 "ports": " ".join(f"{p}/{proto}" for _ip, p, proto in self.spec.published_ports()),
+                 "address_moves": "1" if entry and entry.address_moves else "0",
+                 "connections": self.report.connections, "project": self.group, **more}
+        ran = hooks.run(self.hooks, stage, facts)
+        for r in ran:
+            self.report.hooks.append(r.to_dict())
+            self.emit(Event("info" if r.rc == 0 else "warn", stage, f"hook `{r.command}` exited {r.rc}"))
+        return ran
 
     def abort(self, cause: MigratorError) -> NoReturn:
         """Roll back (the target copy gone, the source running again) and raise what happened."""
@@ -230,6 +266,13 @@ class Migration:
             back, left = self.sides.roll_back()
         if self.t_freeze:  # frozen from then until the rollback gave it back (or for good)
             self.report.downtime_s = round(time.monotonic() - self.t_freeze, 3)
+        if back:
+            self._hook("post-rollback", error=str(cause))
+        if isinstance(cause, hooks.HookFailed) and back and not left:  # nothing was frozen, nothing is left
+            self.entry.remove()  # type: ignore[union-attr]
+            self.report.status, self.report.error = "failed", str(cause)
+            cause.report = self.report
+            raise cause
         self._failed(cause, left, back, self.sides.restored)
 
     def commit(self) -> MigrationReport:
@@ -315,10 +358,11 @@ class Migration:
             for name, endpoint in spec.user_networks().items():  # once per target and network in a batch
                 once(self.shared, ("network", self.dst.name, name), functools.partial(
                     self._make_network, name, bool(networks.fixed_address(endpoint)), source_engine, target_engine))
-            self.entry.target_id = target_engine.create(spec.name, spec.create_body())
+            same = self.entry.address_moves
+            self.entry.target_id = target_engine.create(spec.name, spec.create_body(same_address=same))
             self.entry.save()
             for name in list(spec.user_networks())[1:]:  # API 1.41 creates on one network
-                target_engine.network_connect(name, self.entry.target_id, spec.endpoint(name))
+                target_engine.network_connect(name, self.entry.target_id, spec.endpoint(name, same_address=same))
             self.entry.ports = open_ports(self.src, source_engine, spec.id)
             self.root = runtime_root(self.src, spec.id)
             self.entry.src_img = image_dir(self.src, self.migration_id, self.memory)
@@ -364,6 +408,7 @@ class Migration:
         what = f"checkpoint of {spec.name}"
         pages: dict[str, int] = {}  # streamed pages files (direct links): their sizes
         hold = (self.migration_id, spec.pid)
+        how: dict[str, Any] = {"keep_connections": entry.keep_connections, "address_moves": entry.address_moves}
         if link.direct:
             phases = [self.begin("freeze")]
 
@@ -372,7 +417,7 @@ class Migration:
                 phases.append(self.begin("transfer"))
 
             r, sent, pages = link.dump_and_send(
-                checkpoint.dump_argv(self.src, spec.id, entry.src_img, root=self.root, hold=hold),
+                checkpoint.dump_argv(self.src, spec.id, entry.src_img, root=self.root, hold=hold, **how),
                 entry.src_img, entry.dst_img, [tar_job(s, d) for s, d in fs],
                 compress=self.compress, progress=self._progress("transfer"), on_dumped=dumped)
             if len(phases) == 1:  # the dump itself failed
@@ -383,7 +428,7 @@ class Migration:
             link.check(f"copy of {entry.src_img}", r)
         else:
             with self.phase("freeze"):
-                checkpoint.dump(self.src, spec.id, entry.src_img, root=self.root, hold=hold)
+                checkpoint.dump(self.src, spec.id, entry.src_img, root=self.root, hold=hold, **how)
             with self.phase("transfer") as phase:
                 phase.bytes = link.copy_dirs([(entry.src_img, entry.dst_img, True)] + [(s, d, False) for s, d in fs],
                                              progress=self._progress("transfer"))
@@ -400,8 +445,9 @@ class Migration:
             # checked against the manifest (the streamed pages: their sizes), and counted as
             # up when its ports answer
             published = [p for _ip, p, proto in spec.published_ports() if proto == "tcp"]
-            checkpoint.start_from_images(self.dst, target_engine, entry.target_id, entry.dst_img, self.migration_id,
-                                         verify=link.direct, ports=entry.ports, pages=pages, published=published)
+            self.report.sockets_restored = checkpoint.start_from_images(
+                self.dst, target_engine, entry.target_id, entry.dst_img, self.migration_id, verify=link.direct,
+                ports=entry.ports, pages=pages, published=published, **how)
 
     def _failed(self, cause: MigratorError, left: list[str], back: bool, restored: bool) -> NoReturn:
         assert self.entry is not None

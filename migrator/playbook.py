@@ -29,25 +29,26 @@ from typing import Any
 
 import yaml
 
-from . import binds, fleet, hosts, shell, store
+from . import binds, fleet, hooks, hosts, shell, store
 from .errors import MigratorError, PlaybookError
 from .inventory import Inventory
 from .migrate import Migration
 from .project import ProjectMove
 from .transport import Host, wait_for
 
+MOVE_PARAMS = {"bind_mounts", "connections", "hooks"}  # what a step that moves containers passes on (_moving)
 ACTIONS = {"cordon", "uncordon", "drain", "run", "reboot", "wait_for_ssh", "migrate", "checkpoint", "confirm",
            "move_back"}
 PARAMS: dict[str, set[str]] = {
-    "cordon": {"reason"}, "uncordon": set(), "drain": {"to", "select", "parallel", "bind_mounts"},
+    "cordon": {"reason"}, "uncordon": set(), "drain": {"to", "select", "parallel", *MOVE_PARAMS},
     "run": {"command", "timeout"}, "reboot": {"command", "engine"}, "wait_for_ssh": {"timeout"},
-    "move_back": {"parallel", "bind_mounts"},
-    "migrate": {"container", "project", "to", "bind_mounts"}, "checkpoint": {"container", "keep", "bind_mounts"},
+    "move_back": {"parallel", *MOVE_PARAMS},
+    "migrate": {"container", "project", "to", *MOVE_PARAMS}, "checkpoint": {"container", "keep", "bind_mounts"},
     "confirm": {"message"},
 }
 VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 REQUIRED: dict[str, set[str]] = {"run": {"command"}, "migrate": {"to"}, "checkpoint": {"container"}}
-SHELL_PARAMS = {"command"}  # run and reboot: what reaches a shell; variables go in quoted
+SHELL_PARAMS = {"command", "hooks"}  # what reaches a shell (run, reboot, hooks): variables go in quoted
 
 
 def _number(v: Any, kind: type) -> float | None:
@@ -86,12 +87,27 @@ def _bind_mode(v: Any) -> bool:
     return v in binds.MODES
 
 
+def _hooks(v: Any) -> bool:
+    try:
+        return isinstance(v, dict) and bool(hooks.check(v))
+    except MigratorError:
+        return False
+
+
+def _moving(p: dict[str, Any]) -> dict[str, Any]:
+    """A moving step's options for its migrations (MOVE_PARAMS)."""
+    return {"bind_mounts": p.get("bind_mounts"), "connections": p.get("connections"),
+            "hooks": hooks.check(p.get("hooks"))}
+
+
 # Each parameter's type: a check and what the message says it must be (text if not here).
 TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "timeout": (_seconds, "a number of seconds"), "parallel": (_count, "a whole number >= 1"),
     "keep": (_count, "a whole number >= 1"), "to": (_hosts, "a host, a list of hosts or h1,h2"),
     "select": (_select, "LABEL=VALUE"), "bind_mounts": (_bind_mode, "one of " + ", ".join(binds.MODES)),
     "engine": (lambda v: _text(v) or _seconds(v), "an engine version (26, 28)"),
+    "connections": (lambda v: v in ("keep", "close"), "keep or close"),
+    "hooks": (_hooks, f"a mapping of stage ({', '.join(hooks.STAGES)}) to a command"),
 }
 Say = Callable[[str], None]
 
@@ -292,7 +308,7 @@ class Play:
                         raise err from None
         return rep
 
-    def _move_back(self, host: str, rep: PlayReport, parallel: int, bind_mounts: str | None) -> str:
+    def _move_back(self, host: str, rep: PlayReport, parallel: int, options: dict[str, Any]) -> str:
         """The containers this play's drain of `host` moved away go back to it."""
         moved = [(m["container"], m["target"], m.get("project") or "") for plan in rep.plans
                  if plan["source"] == host for m in plan["moves"] if m["outcome"] == "migrated" and m["target"]]
@@ -300,7 +316,7 @@ class Play:
             return "nothing to move back"
         back = fleet.Plan(host, [fleet.Move(container, target, host, project=project)
                                  for container, target, project in moved], [])
-        fleet.execute(self.inv, back, parallel, bind_mounts=bind_mounts)
+        fleet.execute(self.inv, back, parallel, **options)
         failed = [f"{m.container}: {m.error}" for m in back.moves if m.outcome != "migrated"]
         if failed:
             raise PlaybookError(f"moving back to {host} failed: {'; '.join(failed)}")
@@ -311,7 +327,7 @@ class Play:
         if action == "drain":
             plan = fleet.drain(self.inv, host, to=_host_list(p.get("to")), select=p.get("select"),
                                parallel=int(p.get("parallel", 1)), dry_run=dry_run, reason="playbook",
-                               bind_mounts=p.get("bind_mounts"))
+                               **_moving(p))
             rep.plans.append(plan.to_dict())
             moved = ", ".join(f"{m.container}->{m.target or 'stays'}" for m in plan.moves)
             moved = moved or "nothing to move"
@@ -344,7 +360,7 @@ class Play:
             raise PlaybookError(f"{host}: reboot's engine is for lab hosts; upgrade a real host's Docker with a "
                                 "`run` step before the reboot")
         if action == "move_back":
-            return self._move_back(host, rep, int(p.get("parallel", 1)), p.get("bind_mounts"))
+            return self._move_back(host, rep, int(p.get("parallel", 1)), _moving(p))
         with Host(spec) as h:
             if action == "cordon":
                 hosts.cordon(h, p.get("reason", "playbook"))
@@ -367,9 +383,9 @@ class Play:
                                  keep=int(p["keep"]) if "keep" in p else None, bind_mounts=p.get("bind_mounts"))
                 return f"checkpoint {s.name}"
         if action == "migrate" and "project" in p:
-            r3 = ProjectMove(self.inv, str(p["project"]), host, str(p["to"]), bind_mounts=p.get("bind_mounts")).run()
+            r3 = ProjectMove(self.inv, str(p["project"]), host, str(p["to"]), **_moving(p)).run()
             return f"project {r3.project} ({len(r3.moves)} containers) migrated in {r3.total_s:.1f} s"
         if action == "migrate":
-            r2 = Migration(self.inv, str(p["container"]), host, str(p["to"]), bind_mounts=p.get("bind_mounts")).run()
+            r2 = Migration(self.inv, str(p["container"]), host, str(p["to"]), **_moving(p)).run()
             return f"migrated in {r2.total_s:.1f} s (downtime {r2.downtime_s:.2f} s)"
         raise PlaybookError(f"unknown action {action}")

@@ -36,6 +36,8 @@ class Preflight:
     checks: list[Check] = field(default_factory=list)
     memory_bytes: int = 0
     fs_diff_bytes: int = 0
+    address_moves: bool = False  # its address is the L2's (networks.MOVING): the same on the target
+    keep_connections: bool = False  # and its connections are restored there as they are
 
     def add(self, host: str, name: str, ok: bool, detail: str = "") -> bool:
         self.checks.append(Check(host, name, ok, detail))
@@ -105,19 +107,63 @@ def cpu_compatible(src: Host, dst: Host, source_workdir: str, target_workdir: st
     return checks.checks
 
 
+def same_address(checks: Preflight, src: Host, dst: Host, spec: Spec, source_nets: dict[str, dict | None],
+                 target_nets: dict[str, dict | None], connections: str | None, versions: tuple[str, str]) -> None:
+    """Does its address move with it (and its connections), and can it: the same network on
+    the target, the address free there, on the L2 the source is on (the address answers ARP
+    through the target network's parent interface). `connections`: "keep", "close" or None
+    (keep them where the address moves and both engines can). `versions`: the source's and
+    target's Docker. Sets checks.address_moves/keep_connections."""
+    s, t = src.name, dst.name
+    stays = networks.address_stays(spec.user_networks(), source_nets)  # None: the address moves
+    # Docker 28 and newer restore at `runc create` (migrator's wrapper), before Docker gives
+    # the container its network: CRIU cannot connect a restored socket then. The source's
+    # engine counts too: a rollback may restore it there.
+    late = [f"{h} (Docker {v})" for h, v in zip((s, t), versions, strict=True) if hosts.restore_at_create(v)]
+    why = stays or (f"{' and '.join(late)} set{'s' if len(late) == 1 else ''} up a restored container's "
+                    "network only after the restore, where CRIU cannot reconnect its sockets" if late else None)
+    if connections == "keep":
+        checks.add(s, "keep connections", why is None, f"{why}; connections are kept only where the address "
+                   "moves with the container (macvlan or ipvlan networks) between Docker 20.10-27 hosts; "
+                   "--close-connections closes them")
+    if stays is not None:
+        return
+    checks.address_moves, checks.keep_connections = True, why is None and connections != "close"
+    for name, ep in spec.user_networks().items():
+        address, theirs = str(ep.get("IPAddress") or ""), target_nets.get(name)
+        if theirs is None:  # the network check says what to create
+            continue
+        users = {str(c.get("IPv4Address", "")).split("/")[0]: str(c.get("Name", ""))
+                 for c in ((theirs or {}).get("Containers") or {}).values()}
+        blocked = networks.same_l2_refusal(name, source_nets[name] or {}, theirs, address, users, t)
+        if not checks.add(t, f"address {address} on {name}", blocked is None, blocked or ""):
+            continue
+        parent = (theirs.get("Options") or {}).get("parent", "")
+        answered = bool(parent) and dst.ok(["arping", "-q", "-c", "1", "-w", "2", "-I", parent, address])
+        checks.add(t, f"same L2 as {s} ({name})", answered,
+                   f"{address} does not answer ARP through {parent or 'a parent interface'} here: network {name} "
+                   f"must sit on the L2 {s}'s does (its parent interface there: "
+                   f"{((source_nets[name] or {}).get('Options') or {}).get('parent', 'none')})")
+
+
 def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: str,
-        shared: Shared | None = None, bind_mounts: str | None = None) -> Preflight:
+        shared: Shared | None = None, bind_mounts: str | None = None, connections: str | None = None) -> Preflight:
     """Every check of moving `spec` from src to dst. With `shared` (a batch of moves), what
-    is the same for every move between two hosts is checked once for all of them."""
+    is the same for every move between two hosts is checked once for all of them.
+    `connections`: see same_address."""
     checks = Preflight()
     source_engine, target_engine = Engine(src), Engine(dst)
+    source_nets = {name: source_engine.network_inspect(name) for name in spec.user_networks()}
+    target_nets = {name: target_engine.network_inspect(name) for name in spec.user_networks()}
+    # where the address moves, both announce it (arping) when it changes hosts
+    tools = ["arping"] if networks.address_stays(spec.user_networks(), source_nets) is None else []
 
     def host_checks(host: Host, engine: Engine, tools: list[str]) -> tuple[list[Check], dict | None]:
         return once(shared, ("host", host.name, tuple(tools)), lambda: check_host(host, engine, tools))
 
     with ThreadPoolExecutor(2) as pool:
-        source_checks = pool.submit(host_checks, src, source_engine, TOOLS + SOURCE_TOOLS)
-        target_checks = pool.submit(host_checks, dst, target_engine, TOOLS + TARGET_TOOLS)
+        source_checks = pool.submit(host_checks, src, source_engine, TOOLS + SOURCE_TOOLS + tools)
+        target_checks = pool.submit(host_checks, dst, target_engine, TOOLS + TARGET_TOOLS + tools)
         (source_list, source_info), (target_list, target_info) = source_checks.result(), target_checks.result()
     checks.checks += source_list + target_list
     if source_info is None or target_info is None:
@@ -147,9 +193,11 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
     if mode.startswith("container:"):
         checks.add(s, "network", False, f"{mode}: shares another container's network; move that one")
     for name, endpoint in spec.user_networks().items():
-        theirs = target_engine.network_inspect(name)
-        blocked = networks.refusal(name, source_engine.network_inspect(name), theirs, endpoint, s, t)
+        theirs = target_nets[name]
+        blocked = networks.refusal(name, source_nets[name], theirs, endpoint, s, t)
         checks.add(t, f"network {name}", blocked is None, blocked or ("there" if theirs else f"made like {s}'s"))
+    same_address(checks, src, dst, spec, source_nets, target_nets, connections,
+                 (str(source_info.get("ServerVersion") or ""), str(target_info.get("ServerVersion") or "")))
     other = target_engine.inspect(spec.name)
     checks.add(t, "name free", other is None, f"a container named {spec.name} exists there; remove or rename it")
     tagged = target_engine.image_inspect(spec.image_ref)

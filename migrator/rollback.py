@@ -8,9 +8,9 @@ import contextlib
 from datetime import datetime
 from typing import Any
 
-from . import binds, checkpoint, journal, layout
+from . import binds, checkpoint, hostscripts, journal, layout
 from .engine import Engine
-from .errors import MigratorError
+from .errors import MigratorError, tail
 from .images import remove_workdir
 from .locks import release_lock
 from .probes import answers, runtime_stopped
@@ -130,6 +130,13 @@ class Sides:
         safe, left = self.remove_target_copy()
         if not safe:
             return False, left
+        if entry.address_moves and entry.target_started:  # what a dead target dockerd left holds it no more
+            try:
+                self.dst.run(hostscripts.argv(self.dst, "release-address.sh",
+                                              *[w for a in entry.addresses for w in ("--address", a)]))
+            except MigratorError as ex:
+                left.append(f"{self.dst.name}: could not make sure nothing there still holds "
+                            f"{' '.join(entry.addresses)} ({tail(str(ex))})")
         restore_error: MigratorError | None = None
         try:  # a held dump: CRIU resumes the processes, untouched
             checkpoint.release(self.src, entry.migration_id, commit=False)
@@ -145,7 +152,8 @@ class Sides:
                 if not (entry.src_img and self.src.ok(["test", "-f", f"{entry.src_img}/MANIFEST"])):
                     raise MigratorError("no complete checkpoint of it was made")
                 checkpoint.start_from_images(self.src, self.source_engine, entry.container_id, entry.src_img,
-                                             entry.migration_id)
+                                             entry.migration_id, keep_connections=entry.keep_connections,
+                                             address_moves=entry.address_moves)
                 self.restored = True
             except MigratorError as ex:
                 restore_error = ex

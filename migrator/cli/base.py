@@ -31,6 +31,20 @@ CheckpointBinds = Annotated[str | None, typer.Option(
 RemoveSourceVolumes = Annotated[bool, typer.Option(
     "--remove-source-volumes", help="After a move, remove the named volumes it used on the source (else they "
     "stay there, as they were at the move, and the report names them).")]
+Connections = Annotated[bool | None, typer.Option(
+    "--keep-connections/--close-connections", help="Restore established TCP connections on the target as they "
+    "were (only where the address moves with the container: macvlan/ipvlan networks), or close them (clients "
+    "reconnect). Default: kept where the address moves, closed otherwise.", show_default=False)]
+Hooks = Annotated[list[str] | None, typer.Option(
+    "--hook", metavar="STAGE=COMMAND", help="Run COMMAND on this machine at STAGE (pre-freeze: a failure stops the "
+    "move before anything is frozen; post-restore; post-rollback), with the move's facts in MIGRATOR_* "
+    "environment variables (CONTAINER, SOURCE, TARGET, SOURCE_ADDRESS, TARGET_ADDRESS, CONTAINER_ADDRESSES, PORTS, "
+    "CONNECTIONS, ...). Repeatable.")]
+
+
+def connections_option(value: bool | None) -> str | None:
+    """--keep-connections/--close-connections as Migration takes it."""
+    return None if value is None else "keep" if value else "close"
 
 
 class State:

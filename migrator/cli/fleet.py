@@ -12,7 +12,18 @@ import typer
 from rich.table import Table
 
 from ..errors import ExitCode, MigratorError, PlanError
-from .base import AsJson, BindMounts, RemoveSourceVolumes, app, host_of, hosts_option, load_inventory
+from .base import (
+    AsJson,
+    BindMounts,
+    Connections,
+    Hooks,
+    RemoveSourceVolumes,
+    app,
+    connections_option,
+    host_of,
+    hosts_option,
+    load_inventory,
+)
 from .render import err, fail, fleet_events, note, out, plan_table, print_json, progress_line, styled
 
 
@@ -59,18 +70,21 @@ def drain_cmd(
         "--frozen", help="Containers frozen at once (more: a shorter drain, longer downtimes).")] = 1,
     bind_mounts: BindMounts = None,
     remove_source_volumes: RemoveSourceVolumes = False,
+    connections: Connections = None,
+    hook: Hooks = None,
     plan_file: Annotated[Path | None, typer.Option(
         "--plan", help="Carry out this plan (from `drain --dry-run --json`); refused if the facts changed.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Cordon a host and move every running container off it (e.g. before patching)."""
-    from .. import fleet
+    from .. import fleet, hooks
 
     try:
         planned = fleet.Plan.from_dict(_read_plan(plan_file)) if plan_file else None
         plan = fleet.drain(load_inventory(), host, to=hosts_option(to), select=select, parallel=parallel,
                            frozen=frozen, bind_mounts=bind_mounts, remove_source_volumes=remove_source_volumes,
+                           connections=connections_option(connections), hooks=hooks.parse(hook),
                            dry_run=dry_run, planned=planned, events=None if as_json else fleet_events)
     except MigratorError as ex:
         fail(ex)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import ExitCode, MigratorError
-from .base import BindMounts, RemoveSourceVolumes, app, load_inventory
+from .base import BindMounts, Connections, Hooks, RemoveSourceVolumes, app, connections_option, load_inventory
 from .render import Renderer, fail, out, preflight_table, print_json, project_events, report_table, warn
 
 
@@ -24,17 +24,21 @@ def migrate_cmd(
     relay: Annotated[bool, typer.Option("--relay", help="Send data through this machine.")] = False,
     bind_mounts: BindMounts = None,
     remove_source_volumes: RemoveSourceVolumes = False,
+    connections: Connections = None,
+    hook: Hooks = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Plan and preflight only; change nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Live-migrate a running container (or a compose project) to another host, memory and files included."""
+    from .. import hooks
     from ..migrate import Migration
     from ..project import ProjectMove
 
-    options: dict[str, Any] = {"keep_source": keep_source, "relay": relay, "bind_mounts": bind_mounts,
-               "remove_source_volumes": remove_source_volumes}
     try:
+        options: dict[str, Any] = {"keep_source": keep_source, "relay": relay, "bind_mounts": bind_mounts,
+                                   "remove_source_volumes": remove_source_volumes, "hooks": hooks.parse(hook),
+                                   "connections": connections_option(connections)}
         if (container is None) == (project is None):
             raise MigratorError("name a container or a --project, not both" if container else
                                 "which container? name one, or a compose project with --project")

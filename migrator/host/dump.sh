@@ -24,6 +24,8 @@ umask 077; mkdir -p "$img" "$work"
 if [ -n "$root" ]; then
   args=(--root "$root" checkpoint --image-path "$img" --work-path "$work")
   [ "$leave_running" = 0 ] || args+=(--leave-running)
+  # runc sets tcp-established in its request to CRIU, which outranks this file: its flag
+  for o in "${opt[@]}"; do [ "$o" != tcp-established ] || args+=(--tcp-established); done
   printf '%s\n' "${opt[@]}" > "$work/criu.conf"
   CRIU_CONFIG_FILE=$work/criu.conf runc "${args[@]}" "$container" || { criu_failed "$work/dump.log" "dump-${container:0:12}"; exit 1; }
 else

@@ -4,7 +4,11 @@
 # anything else makes CRIU resume them, untouched. The dump runs detached from this SSH
 # session (setsid), so a controller that dies leaves it waiting for `migrator recover`.
 #
-#   held.sh --hold DIR --pid PID --img DIR --lock DIR --conf FILE -- DUMP_COMMAND...
+#   held.sh --hold DIR --pid PID --img DIR --lock DIR --conf FILE [--address-moves]
+#           -- DUMP_COMMAND...
+#
+# --address-moves: the container's address moves with it to the target (the L2's, not the
+# host's): while held, the source stops answering ARP for it (post-dump.sh).
 #
 # DUMP_COMMAND must make CRIU run HOLD/post-dump as its action script (written here; it
 # runs post-dump.sh for the dump of PID only). Returns 0 once the images are complete, or
@@ -13,13 +17,14 @@
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-hold='' pid='' img='' lock='' conf=''
-parse hold pid img lock conf -- "$@"
+hold='' pid='' img='' lock='' conf='' address_moves=0
+parse hold pid img lock conf address-moves! -- "$@"
 set -- "${REST[@]}"
 need hold "$hold"; need pid "$pid"; need img "$img"; need lock "$lock"; need conf "$conf"
 [ $# -gt 0 ] || die "held.sh: no dump command after --"
 
-umask 077; mkdir -p "$hold"; rm -f "$hold/dumped" "$hold/verdict" "$hold/rc"
+umask 077; mkdir -p "$hold"; rm -f "$hold/dumped" "$hold/verdict" "$hold/rc" "$hold/moves"
+[ "$address_moves" = 0 ] || : > "$hold/moves"
 [ -p "$hold/tick" ] || mkfifo "$hold/tick"
 printf '%s\n' "$pid" > "$hold/pid"; printf '%s\n' "$img" > "$hold/img"
 # CRIU runs it at every step of the dump: only two of them start the script

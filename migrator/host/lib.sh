@@ -169,6 +169,43 @@ refuse() {
   return 0
 }
 
+# silence PID: the address moves with the container (kept connections): its network
+# namespace (PID's) stops answering ARP for it, so that once the target brings the same
+# address up, one host answers for it. CRIU's lock already drops its IP packets both
+# ways. The interfaces it silenced on stdout, for speak.
+silence() {
+  local i
+  for i in $(links "$1" | grep -v ' NOARP$'); do
+    nsenter -t "$1" -n ip link set dev "$i" arp off && echo "$i"
+  done
+  return 0
+}
+
+# links PID: the interfaces of PID's network namespace but lo, a line each ("NAME" or
+# "NAME NOARP").
+links() {
+  nsenter -t "$1" -n ip -o link show |
+    awk -F': ' '$2 != "lo" { sub(/@.*/, "", $2); print $2 ($0 ~ /NOARP/ ? " NOARP" : "") }'
+}
+
+# speak PID [IFACE...]: PID's network namespace answers ARP again on IFACE (all of its
+# interfaces but lo when none are named) and tells its neighbours (and the switches between
+# them) where its addresses are now: an unsolicited ARP for each IPv4 address (arping,
+# where it is installed).
+speak() {
+  local pid=$1 i a; shift
+  if [ $# -eq 0 ]; then local all; mapfile -t all < <(links "$pid" | cut -d' ' -f1); set -- "${all[@]}"; fi
+  for i; do
+    nsenter -t "$pid" -n ip link set dev "$i" arp on 2>/dev/null || continue
+    for a in $(nsenter -t "$pid" -n ip -o -4 addr show dev "$i" scope global | awk '{ print $4 }'); do
+      # two, a second apart (not waited for: nothing here is slowed by them)
+      ! command -v arping >/dev/null ||
+        nsenter -t "$pid" -n arping -q -U -c 2 -I "$i" "${a%/*}" </dev/null >/dev/null 2>&1 &
+    done
+  done
+  return 0
+}
+
 # guard -I|-D PORT...: on the host, refuse (TCP reset), or stop refusing, the new connections
 # Docker forwards from these published ports to a container. Between Docker publishing them
 # and the container's network being up they would be dropped.

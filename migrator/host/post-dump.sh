@@ -5,8 +5,9 @@
 # - post-dump: the images are complete and the processes still frozen behind CRIU's
 #   network lock. Write the MANIFEST, put runc.conf back and free its lock (CRIU read it
 #   long before), say so (HOLD/dumped), make the address refuse connections instead of
-#   dropping them, and wait for the verdict (HOLD/verdict): "commit" lets CRIU kill the
-#   processes; anything else fails this step, and CRIU resumes them untouched.
+#   dropping them (or, when the address moves with it, HOLD/moves, stop answering ARP),
+#   and wait for the verdict (HOLD/verdict): "commit" lets CRIU kill the processes;
+#   anything else fails this step, and CRIU resumes them untouched.
 #
 #   post-dump.sh --hold DIR --lock DIR --conf FILE     (CRTOOLS_* from CRIU)
 # shellcheck source=lib.sh
@@ -23,8 +24,19 @@ chmod -R go-rwx "$img"; manifest "$img" > "$img/MANIFEST"
 # of this dump still holds it)
 [ -z "${CRIU_RUN_PID:-}" ] || hold_leave "$lock" "$conf" "$CRIU_RUN_PID"
 : > "$hold/dumped"
-# Clients get a TCP reset here from now on, as if the source were gone, so they turn to the
-# target at once; CRIU's own unlock, on abort, flushes these with its chain.
-refuse "$CRTOOLS_INIT_PID"
+if [ -e "$hold/moves" ]; then
+  # The address moves with the container: packets to it stay dropped here (CRIU's lock;
+  # connections restored on the target live on), and it answers ARP only on the target
+  # from now on. Given back here on abort.
+  silence "$CRTOOLS_INIT_PID" > "$hold/silenced"
+else
+  # Clients get a TCP reset here from now on, as if the source were gone, so they turn to
+  # the target at once; CRIU's own unlock, on abort, flushes these with its chain.
+  refuse "$CRTOOLS_INIT_PID"
+fi
 await_file "$hold/tick" 0 "$hold/verdict"
-[ "$(cat "$hold/verdict")" = commit ]
+[ "$(cat "$hold/verdict")" = commit ] && exit 0
+if [ -e "$hold/moves" ] && [ -s "$hold/silenced" ]; then
+  mapfile -t silenced < "$hold/silenced"; speak "$CRTOOLS_INIT_PID" "${silenced[@]}"
+fi
+exit 1

@@ -7,6 +7,8 @@
 # not dropped. When it unlocks it (network-unlock): the published ports' guard is lifted,
 # and the host's neighbour entries for the container's addresses are flushed (clients that
 # tried before left them unresolved, and the kernel would ask again only a second later).
+# A second line says more: "keep" (restored connections came with it: packets are dropped,
+# not refused, until then), "announce" (its address came with it: announced from here).
 #
 #   restore-action.sh     (CRTOOLS_* from CRIU)
 case ${CRTOOLS_SCRIPT_ACTION:-} in post-setup-namespaces|network-unlock) ;; *) exit 0 ;; esac
@@ -14,11 +16,16 @@ case ${CRTOOLS_SCRIPT_ACTION:-} in post-setup-namespaces|network-unlock) ;; *) e
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
+{ read -ra guarded; read -r how; } < "$CRTOOLS_IMAGE_DIR/migrator-restore"
 case $CRTOOLS_SCRIPT_ACTION in
-  post-setup-namespaces) refuse "$CRTOOLS_INIT_PID" ;;
+  post-setup-namespaces) [[ " $how " = *" keep "* ]] || refuse "$CRTOOLS_INIT_PID" ;;
   network-unlock)
-    read -ra guarded < "$CRTOOLS_IMAGE_DIR/migrator-restore"
     guard -D "${guarded[@]}"
+    [[ " $how " != *" announce "* ]] || speak "$CRTOOLS_INIT_PID"
+    # the restored connections, counted before any new one can come (restore.sh says it)
+    [[ " $how " != *" keep "* ]] ||
+      nsenter -t "$CRTOOLS_INIT_PID" -n ss -tnH state established 2>/dev/null | wc -l \
+        > "/run/migrator-sockets-$CRTOOLS_INIT_PID"
     for a in $(nsenter -t "$CRTOOLS_INIT_PID" -n ip -o addr show scope global | awk '{ print $4 }'); do
       ip neigh flush to "${a%/*}" 2>/dev/null || :
     done ;;

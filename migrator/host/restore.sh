@@ -7,7 +7,8 @@
 #
 #   restore.sh --img DIR --cpdir DIR --name CHECKPOINT --container ID [--verify]
 #              [--pages "FILE:SIZE ..."] [--action] [--published "PORT ..."]
-#              [--wait SECONDS] [--at-create] [-- PORT...]
+#              [--wait SECONDS] [--at-create] [--keep-connections] [--announce]
+#              [-- PORT...]
 #
 # --verify: IMG must match its MANIFEST; --pages: the pages files must have these sizes.
 # --at-create (Docker 28 and newer): the images are not given to Docker but to migrator's
@@ -16,13 +17,17 @@
 # every restore, so concurrent restores share one change of runc.conf): it finds this
 # restore's PUBLISHED host ports, guarded until the container's network is up, in the
 # images it restores (migrator-restore, written here). Returns once the container accepts
-# connections on each PORT (fails after --wait, default 30 s). What a restore leaves is
+# connections on each PORT (fails after --wait, default 30 s). --keep-connections: the
+# images hold established connections (tcp-established): the action drops, never refuses,
+# packets to it while it restores. --announce: its address came with it (the L2's): the
+# action tells the neighbours where it is once it is restored. Both need --action; with
+# --keep-connections, "sockets N" on stdout: the connections restored. What a restore leaves is
 # removed when this ends, whether it started the container or not.
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-img='' cpdir='' name='' container='' verify=0 pages='' action=0 published='' wait=30 at_create=0
-parse img cpdir name container verify! pages action! published wait at-create! -- "$@"
+img='' cpdir='' name='' container='' verify=0 pages='' action=0 published='' wait=30 at_create=0 keep_connections=0 announce=0
+parse img cpdir name container verify! pages action! published wait at-create! keep-connections! announce! -- "$@"
 set -- "${REST[@]}"
 need img "$img"; need cpdir "$cpdir"; need name "$name"; need container "$container"
 read -ra guarded <<< "$published"
@@ -72,6 +77,8 @@ if [ "$action" = 1 ]; then
   # whole), or at create, the images themselves
   if [ "$at_create" = 1 ]; then facts=$img; else facts=$cpdir; fi
   printf '%s\n' "$published" > "$facts/migrator-restore"
+  { [ "$keep_connections" = 0 ] || printf 'keep '; [ "$announce" = 0 ] || printf announce; echo; } \
+    >> "$facts/migrator-restore"
   guard -I "${guarded[@]}"
 fi
 # prepare.sh's reserve: the restored process gets its memory. Freed while Docker sets up
@@ -95,9 +102,12 @@ for try in 1 2 3; do
   exit 1
 done
 wait "$freed" || :
-[ $# -gt 0 ] || exit 0
 read -r pid ip _ < <(docker inspect -f \
   '{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$container")
+if [ "$keep_connections" = 1 ] && [ -f "/run/migrator-sockets-$pid" ]; then
+  echo "sockets $(cat "/run/migrator-sockets-$pid")"; rm -f "/run/migrator-sockets-$pid"
+fi
+[ $# -gt 0 ] || exit 0
 deadline=$((SECONDS + wait))
 for port; do
   until accepts "$pid" "${ip:-}" "$port"; do

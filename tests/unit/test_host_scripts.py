@@ -459,6 +459,20 @@ def test_a_dump_through_runc_gives_criu_its_own_options_file(tmp_path: Path) -> 
     assert script("manifest.sh", "--dir", img, "--verify").returncode == 0
 
 
+def test_a_dump_keeping_connections_asks_runc_for_them(tmp_path: Path) -> None:
+    """runc's own request to CRIU says tcp-established (false unless its flag is given),
+    and it outranks the options file: kept connections need runc's flag."""
+    bin_dir, img, work = tmp_path / "bin", tmp_path / "img", tmp_path / "work"
+    bin_dir.mkdir()
+    fake = bin_dir / "runc"
+    fake.write_text('#!/bin/bash\nimg=$5\necho "$*" > "$img/args"\n')
+    fake.chmod(0o755)
+    r = script("dump.sh", "--img", img, "--work", work, "--container", "abc", "--root", "/run/x",
+               "--opt", "tcp-established", "--opt", "skip-in-flight", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr
+    assert "--tcp-established" in (img / "args").read_text().split()
+    assert (work / "criu.conf").read_text() == "tcp-established\nskip-in-flight\n"
+
 def test_restore_action_acts_only_in_migrators_restores(tmp_path: Path) -> None:
     """Every restore on the host runs it while runc.conf names it: one whose images lack
     migrator-restore (not ours) is left alone, as is every step but two of ours."""

@@ -39,7 +39,7 @@ def test_network_refusals_say_what_to_do() -> None:
         "n", NET, other, ep, "a", "b"))
     assert "is a macvlan network on b, bridge on a" in str(networks.refusal(
         "n", NET, {**NET, "Driver": "macvlan"}, {}, "a", "b"))
-    assert "create it there as on a" in str(networks.refusal("n", {**NET, "Driver": "macvlan"}, None, {}, "a", "b"))
+    assert "create it there as on a" in str(networks.refusal("n", {**NET, "Driver": "weave"}, None, {}, "a", "b"))
     assert "only local networks" in str(networks.refusal("n", {**NET, "Scope": "swarm", "Driver": "overlay"},
                                                          None, {}, "a", "b"))
     assert networks.refusal("n", None, None, {}, "a", "b") == "network n is gone on a"
@@ -67,3 +67,42 @@ def test_a_project_moves_dependencies_first() -> None:
     loop = [spec("x-a-1", {}, **{"com.docker.compose.service": "a", dep: "b:service_started:false"}),
             spec("x-b-1", {}, **{"com.docker.compose.service": "b", dep: "a:service_started:false"})]
     assert sorted(s.name for s in order(loop)) == ["x-a-1", "x-b-1"]  # a cycle still moves everything
+
+
+MACVLAN = {"Name": "l2", "Driver": "macvlan", "Scope": "local", "Options": {"parent": "eth0"},
+           "IPAM": {"Driver": "default", "Config": [{"Subnet": "10.1.0.0/24", "Gateway": "10.1.0.1"}]}}
+EP = {"IPAddress": "10.1.0.200", "MacAddress": "02:42:0a:01:00:c8", "Aliases": ["kv"], "IPAMConfig": None}
+
+
+def test_the_address_moves_only_where_every_network_is_the_l2_s() -> None:
+    assert networks.address_stays({"l2": EP}, {"l2": MACVLAN}) is None
+    assert networks.address_stays({"l2": EP}, {"l2": {**MACVLAN, "Driver": "ipvlan"}}) is None
+    assert "network shop_default is a bridge network" in str(
+        networks.address_stays({"l2": EP, "shop_default": {}}, {"l2": MACVLAN, "shop_default": NET}))
+    assert "default bridge" in str(networks.address_stays({}, {}))
+
+
+def test_the_target_s_network_must_be_the_same_and_the_address_free_there() -> None:
+    assert networks.same_l2_refusal("l2", MACVLAN, {**MACVLAN, "Options": {"parent": "ens3"}}, "10.1.0.200", {},
+                                    "b") is None  # another parent name: the L2 is proven by ARP
+    other = {**MACVLAN, "IPAM": {"Config": [{"Subnet": "10.2.0.0/24"}]}}
+    said = str(networks.same_l2_refusal("l2", MACVLAN, other, "10.1.0.200", {}, "b"))
+    assert "macvlan 10.2.0.0/24 on b, macvlan 10.1.0.0/24 here" in said
+    assert "docker network create -d macvlan --subnet 10.1.0.0/24 -o parent=eth0 l2" in said
+    assert "taken on b by web" in str(networks.same_l2_refusal("l2", MACVLAN, MACVLAN, "10.1.0.200",
+                                                               {"10.1.0.200": "web"}, "b"))
+    missing = str(networks.refusal("l2", MACVLAN, None, EP, "a", "b"))
+    assert "missing on b; create it there on the same L2: `docker network create -d macvlan" in missing
+
+
+def test_the_same_address_and_mac_are_asked_for_on_the_target() -> None:
+    s = spec("kv", {"l2": EP})
+    assert "IPAMConfig" not in s.endpoint("l2")  # not fixed: the target picks, on a bridge
+    ep = s.endpoint("l2", same_address=True)
+    assert ep["IPAMConfig"] == {"IPv4Address": "10.1.0.200"} and ep["MacAddress"] == EP["MacAddress"]
+    assert ep["Aliases"] == ["kv"]
+    body = s.create_body(same_address=True)
+    assert body["MacAddress"] == EP["MacAddress"]  # where API 1.41 takes it
+    assert body["NetworkingConfig"]["EndpointsConfig"]["l2"] == ep
+    assert "MacAddress" not in s.create_body()
+    assert s.addresses() == ["10.1.0.200"]

@@ -74,6 +74,9 @@ def test_dry_run_resolves_vars_and_start_at(tmp_path: Path) -> None:
     ("hosts: [a]\nsteps:\n  - drain: {parallel: true}\n", "parallel must be a whole number >= 1, not True"),
     ("hosts: [a]\nsteps:\n  - checkpoint: {container: [x]}\n", "container must be text, not ['x']"),
     ("hosts: [a]\nsteps:\n  - drain: {select: app}\n", "select must be LABEL=VALUE"),
+    ("hosts: [a]\nsteps:\n  - migrate: {container: x, to: b, connections: always}\n",
+     "connections must be keep or close"),
+    ("hosts: [a]\nsteps:\n  - drain: {hooks: {later: x}}\n", "hooks must be a mapping of stage (pre-freeze"),
 ])
 def test_parameters_are_checked_at_load_with_file_and_line(tmp_path: Path, text: str, needle: str) -> None:
     with pytest.raises(PlaybookError) as e:
@@ -93,3 +96,11 @@ def test_a_variable_s_value_never_becomes_shell_syntax(tmp_path: Path) -> None:
     pb = load(write(tmp_path, text), {"v": "", "t": "later"})
     with pytest.raises(PlaybookError, match=r"step 3 \(wait_for_ssh\): timeout must be a number of seconds"):
         Play(inventory(tmp_path), pb).run(dry_run=True, start_at="3")
+
+
+def test_a_variable_in_a_hook_is_one_quoted_word(tmp_path: Path) -> None:
+    from migrator.playbook import _subst
+
+    pb = load(write(tmp_path, "hosts: [a]\nsteps:\n  - drain: {hooks: {post-restore: 'lb add {{ v }}'}}\n"),
+              {"v": "x; rm -rf /"})
+    assert _subst(pb.steps[0].params, pb.vars, pb.path) == {"hooks": {"post-restore": "lb add 'x; rm -rf /'"}}
