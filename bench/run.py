@@ -17,6 +17,9 @@ Methods:
 
 - services: PostgreSQL 15 of its own user under a client writing every few ms (its downtime
             against CRIU's floor for it), and the freeze window's cost of a 1 GiB volume.
+- connections: the same Redis on a macvlan network (its address moves with it) moved with
+            its clients' connections kept and closed, alternately: the downtime a client sees
+            on its connection (kept) or across its reconnect (closed), and its errors.
 - fleet:    drain throughput: 20 small Redis containers (20,000 keys each) drained off
             lab1 at --parallel 1 and 4, against the median single migrate of the same
             containers in the same run (the ideal drain at P lanes: single x 20 / P), and each
@@ -270,7 +273,8 @@ def floor(h: Host, name: str = NAME) -> dict[str, Any]:
 
 def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) -> dict[str, Any]:
     cross, fleet_bench, services = "cross" in methods, "fleet" in methods, "services" in methods
-    methods = [m for m in methods if m not in ("cross", "fleet", "services")]
+    connections = "connections" in methods
+    methods = [m for m in methods if m not in ("cross", "fleet", "services", "connections")]
     lab = Lab()
     lab.up(3, ROOT / "inventory" / "lab.yaml")
     inv = load(ROOT / "inventory" / "lab.yaml")
@@ -331,6 +335,8 @@ def run(sizes: list[int], methods: list[str], out_dir: Path, repeat: int = 1) ->
         results["fleet"] = fleet_section(inv)
     if services:
         results["services"] = services_section(inv, lab)
+    if connections:
+        results["connections"] = connections_section(inv, lab)
     if cross:
         cross_version(results, repeat)
     write(results, out_dir)
@@ -604,6 +610,90 @@ def services_lines(results: dict[str, Any]) -> str:
             "| volume | filesystem phase (s) | downtime (s) | vs none |\n|---|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
+CONN_ROUNDS = 3  # moves with connections kept, and as many closed, alternately
+CONN_NAME, CONN_NET, CONN_KEYS = "bench-kv", "bench-l2", 200_000
+
+
+def connections_section(inv: Inventory, lab: Lab) -> dict[str, Any]:
+    """The same Redis (200,000 keys) on a macvlan network over the lab bridge, moved
+    lab1 <-> lab2 with its connections kept and closed in turn, a client writing every 5 ms
+    on one connection during each: kept, it waits on that connection (its TCP
+    retransmitting) and must see no error; closed, its connection is reset and it
+    reconnects at once. Downtime: the longest wait between two acknowledged writes. Target
+    for kept: no client error, downtime within 1.2x of the closed moves'."""
+    from migrator.lab.watch import HeldClient
+
+    hs = [Host(inv.host(n)) for n in ("lab1", "lab2")]
+
+    def clean() -> None:
+        for h in hs:
+            h.run(["bash", "-c", f"docker rm -f {CONN_NAME} >/dev/null 2>&1; docker network rm {CONN_NET} "
+                   ">/dev/null 2>&1; true"], check=False)
+
+    runs: dict[str, list[dict[str, Any]]] = {"kept": [], "closed": []}
+    try:
+        clean()
+        for h in hs:
+            h.run(["docker", "network", "create", "-d", "macvlan", "--subnet", f"{lab.subnet}.0/24", "--gateway",
+                   f"{lab.subnet}.1", "--ip-range", f"{lab.subnet}.224/27", "-o", "parent=eth0", CONN_NET])
+        hs[0].run(["docker", "run", "-d", "--name", CONN_NAME, "--network", CONN_NET, "lab/redis"])
+        address = hs[0].run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                             CONN_NAME]).stdout.strip()
+        assert wait_for(lambda: _pings(address), 30), "redis on the macvlan network did not answer"
+        r = redis.Redis(address, PORT)
+        p = r.pipeline(transaction=False)
+        for i in range(CONN_KEYS):
+            p.set(f"k{i}", "v" * 64)
+        p.execute()
+        where = 0
+        # each way in both directions: kept, closed, closed, kept, ...
+        for how in [k for r in range(CONN_ROUNDS) for k in (("kept", "closed") if r % 2 == 0 else ("closed", "kept"))]:
+            src, dst = hs[where], hs[1 - where]
+            subprocess.run(["sync"], check=True)
+            client = HeldClient(address, reconnect=how == "closed")
+            client.start()
+            time.sleep(0.5)
+            rep = Migration(inv, CONN_NAME, src.name, dst.name, connections="keep" if how == "kept" else "close").run()
+            n = len(client.acked)
+            wait_for(lambda n=n, c=client: len(c.acked) > n + 20, 10)  # type: ignore[misc]
+            client.finish()
+            errors = client.errors if how == "closed" else int(client.error is not None)
+            runs[how].append({"downtime_s": round(client.longest_gap_s, 3), "reported_downtime_s": rep.downtime_s,
+                              "errors": errors, "sockets_restored": rep.sockets_restored, "acked": len(client.acked)})
+            print(f"[connections] {how} {src.name} -> {dst.name}: client downtime {client.longest_gap_s:.2f} s "
+                  f"(reported {rep.downtime_s:.2f} s), client errors {errors}", flush=True)
+            where = 1 - where
+    finally:
+        clean()
+        for h in hs:
+            h.close()
+    out: dict[str, Any] = {k: {"downtime_s": statistics.median(r["downtime_s"] for r in v),
+                               "reported_downtime_s": statistics.median(r["reported_downtime_s"] for r in v),
+                               "errors": sum(r["errors"] for r in v), "runs": v} for k, v in runs.items()}
+    out["kept_vs_closed"] = round(out["kept"]["downtime_s"] / out["closed"]["downtime_s"], 2)
+    return out
+
+
+def _pings(address: str) -> bool:
+    try:
+        return bool(redis.Redis(address, PORT, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def connections_lines(results: dict[str, Any]) -> str:
+    c = results.get("connections")
+    if not c:
+        return ""
+    rows = [f"| {k} | {c[k]['downtime_s']:.2f} | {c[k]['reported_downtime_s']:.2f} | {c[k]['errors']} |"
+            for k in ("kept", "closed")]
+    return (f"\nA Redis on a macvlan network (its address moves with it), a client writing every 5 ms on one "
+            f"connection; median of {len(c['kept']['runs'])} moves each way, in both directions; kept vs closed: "
+            f"{c['kept_vs_closed']:.2f}x (target <= 1.2x, and no client error when kept):\n\n"
+            "| connections | client downtime (s) | migrator's downtime (s) | client errors |\n|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
 CROSS_MIB = 256
 CROSS_LAB = {"root": Path("/var/lib/migrator-blab"), "bridge": "mgbench0", "subnet": "10.207.0", "prefix": "blab"}
 
@@ -713,7 +803,7 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
     each = f"; median of {rounds} run(s) per method and size" if results["runs"] else ""
     stem.with_suffix(".md").write_text(f"Benchmark {results['date']} ({results['cpus']} CPUs{each})\n\n"
                                        + sizes + cross_line(results)
-                                       + fleet_lines(results) + services_lines(results))
+                                       + fleet_lines(results) + services_lines(results) + connections_lines(results))
     if not results["runs"]:  # only cross, fleet or services rows: no plot; `latest` stays the last size table
         return
     try:
@@ -747,9 +837,10 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="64,256,1024", help="MiB of Redis data, comma-separated")
-    ap.add_argument("--methods", default="seed,migrator,floor,podman,cross,fleet,services",
+    ap.add_argument("--methods", default="seed,migrator,floor,podman,cross,fleet,services,connections",
                     help="cross: the same-version and the cross-version move, on a lab of its own; "
-                         "fleet: drain throughput; services: PostgreSQL under a client, a 1 GiB volume's delta")
+                         "fleet: drain throughput; services: PostgreSQL under a client, a 1 GiB volume's delta; "
+                         "connections: a macvlan Redis moved with its connections kept vs closed")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--repeat", type=int, default=3, help="rounds of every method per size; the median is reported")
     args = ap.parse_args()

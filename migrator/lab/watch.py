@@ -12,23 +12,31 @@ from pathlib import Path
 
 class HeldClient(threading.Thread):
     """One TCP connection to a Redis, kept for the whole run: a session of its own first
-    (SELECT `db`, CLIENT SETNAME), then a SET every `interval` s, each waited for. Never
-    reconnects: an error ends it (`error`). `acked`: the SETs Redis acknowledged;
-    `longest_gap_s`: the longest wait between two acknowledgements (the downtime it saw)."""
+    (SELECT `db`, CLIENT SETNAME), then a SET every `interval` s, each waited for. An error
+    ends it (`error`), or with `reconnect` (a client of a move that closes connections) is
+    counted (`errors`) and a new connection tried every few ms. `acked`: the SETs Redis
+    acknowledged; `longest_gap_s`: the longest wait between two acknowledgements (the
+    downtime it saw)."""
 
     def __init__(self, address: str, port: int = 6379, *, db: int = 3, name: str = "held",
-                 interval: float = 0.005, timeout: float = 30) -> None:
+                 interval: float = 0.005, timeout: float = 30, reconnect: bool = False) -> None:
         super().__init__(daemon=True)
-        self.sock = socket.create_connection((address, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
+        self.where, self.timeout, self.name, self.reconnect = (address, port), timeout, name, reconnect
         self.interval, self.db = interval, db
         self.acked: list[int] = []
         self.error: str | None = None
+        self.errors = 0
         self.longest_gap_s = 0.0
         self.stop = threading.Event()
-        assert self.call("SELECT", str(db)) == b"+OK" and self.call("CLIENT", "SETNAME", name) == b"+OK"
+        self.connect(timeout)
         self.client_id = self.call("CLIENT", "ID")
+
+    def connect(self, timeout: float) -> None:
+        self.sock = socket.create_connection(self.where, timeout=timeout)
+        self.sock.settimeout(self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        assert self.call("SELECT", str(self.db)) == b"+OK" and self.call("CLIENT", "SETNAME", self.name) == b"+OK"
 
     def call(self, *words: str) -> bytes:
         """One command on the held connection; its reply's first line."""
@@ -55,7 +63,17 @@ class HeldClient(threading.Thread):
                     return
             except OSError as ex:
                 self.error = repr(ex)
-                return
+                if not self.reconnect:
+                    return
+                self.errors += 1
+                self.sock.close()
+                while not self.stop.is_set():
+                    try:
+                        self.connect(0.1)
+                        break
+                    except OSError:
+                        time.sleep(0.005)
+                continue
             now = time.monotonic()
             self.acked.append(i)
             self.longest_gap_s, last, i = max(self.longest_gap_s, now - last), now, i + 1

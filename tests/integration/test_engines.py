@@ -262,7 +262,7 @@ def test_an_address_and_its_connections_across_engines(hosts: dict[str, LabHost]
         assert rep["sockets_restored"] == (1 if kept else 0), rep
         after = (hosts[target].engine.inspect("kv") or {})["NetworkSettings"]["Networks"]["l2"]
         assert (after["IPAddress"], after["MacAddress"]) == (address, mac)
-        record_support(kind(hosts[source]), kind(hosts[target]), "macvlan, a client connection held",
+        record_support(kind(hosts[source]), kind(hosts[target]), "macvlan network, a client connected",
                        "migrated: the same address, MAC and connection" if kept else
                        "migrated: the same address and MAC, connections closed (Docker 28 restores before its "
                        "network is up)")
