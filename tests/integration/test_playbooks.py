@@ -89,3 +89,23 @@ def test_a_playbook_drain_moves_bind_mounts_as_its_step_says(hosts: dict[str, La
     assert hosts["lab2"].sh("docker", "exec", "bm", "cat", "/etc/app/app.conf").strip() == "conf"
     for h in hosts.values():
         h.sh("rm", "-rf", "/tmp/pb-bind")
+
+
+def test_hooks_on_a_playbook_drain_step_and_on_drain(hosts: dict[str, LabHost], tmp_path: Path) -> None:
+    """A playbook drain step's hooks run with the move's facts (a variable in them one quoted
+    word); `drain --hook` does the same."""
+    a = hosts["lab1"]
+    a.sh("docker", "run", "-d", "--name", "r1", "-p", "6379:6379", "lab/redis")
+    a.wait_redis().set("k", "v")
+    log, book = tmp_path / "hooks.log", tmp_path / "pb.yaml"
+    hook = f"'echo $MIGRATOR_CONTAINER {{{{ pool }}}} >> {log}'"
+    book.write_text("hosts: [lab1]\nvars: {pool: a b}\nsteps:\n"
+                    f"  - drain: {{to: lab2, hooks: {{post-restore: {hook}}}}}\n  - uncordon: {{}}\n")
+    r = run_cli("play", str(book))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert log.read_text().splitlines() == ["r1 a b"]
+    r = run_cli("drain", "lab2", "--to", "lab1", "--hook",
+                f"pre-freeze=echo $MIGRATOR_SOURCE $MIGRATOR_TARGET >> {log}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert log.read_text().splitlines() == ["r1 a b", "lab2 lab1"]
+    assert hosts["lab1"].wait_redis().get("k") == b"v"
