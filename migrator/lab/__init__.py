@@ -305,12 +305,13 @@ class Lab:
     def _check_links(self, hosts: list[LabHost]) -> None:
         """Controller-to-host and host-to-host reachability, both, over TCP to sshd."""
         by_name = {h.name: h for h in hosts}
+        network.check_links([(h.name, h.address) for h in hosts],
+                            lambda name, address: self._reaches(by_name[name], address))
 
-        def reaches(name: str, address: str) -> bool:
-            probe = ["bash", "-c", f"exec 3<>/dev/tcp/{address}/22"]
-            return self.ns_exec(by_name[name], probe, check=False, timeout=5).returncode == 0
-
-        network.check_links([(h.name, h.address) for h in hosts], reaches)
+    def _reaches(self, h: LabHost, address: str) -> bool:
+        """From host h, a TCP connect to sshd at `address` succeeds."""
+        return self.ns_exec(h, ["bash", "-c", f"exec 3<>/dev/tcp/{address}/22"], check=False,
+                            timeout=5).returncode == 0
 
     def ensure_image(self, h: LabHost, name: str = IMAGE) -> bool:
         """The lab image `name` on host h (built once from this machine's binaries, then
@@ -397,6 +398,8 @@ class Lab:
         subprocess.Popen(["nsenter", "-t", str(h.anchor_pid), "-m", "-n", "--", "bash", "-c", script],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True).wait()
+        if svc == "sshd":  # it forks into the background before it listens: returns once it does
+            wait_for(lambda: self._reaches(h, h.address), 10, 0.05)
 
     def down(self) -> list[str]:
         require_root()
