@@ -136,7 +136,7 @@ def start_from_images(host: Host, engine: Engine, container_id: str, img: str, n
                       options: list[str] | None = None, *, verify: bool = False, ports: list[int] | None = None,
                       wait: int = 30, pages: dict[str, int] | None = None, action: bool = True,
                       published: list[int] | None = None, keep_connections: bool = False,
-                      address_moves: bool = False) -> int:
+                      address_moves: bool = False, addresses: list[str] | None = None) -> int:
     """`docker start --checkpoint` from the CRIU images in `img` (restore.sh), without
     copying the pages; with `verify`, only if they match their MANIFEST, and the pages files
     the sizes in `pages` (images.expected_pages); with `ports`, returns once the container
@@ -144,7 +144,8 @@ def start_from_images(host: Host, engine: Engine, container_id: str, img: str, n
     restore-action.sh: clients are refused, not dropped, while it restores, and from the
     `published` host ports (TCP) while Docker sets the container up; with
     `keep_connections` (images dumped so) the connections are restored as they were, and
-    their packets dropped, not refused, until then; with `address_moves` the address is
+    their packets dropped, not refused, until then (on an engine that networks it only after
+    the restore, its `addresses` stand in meanwhile); with `address_moves` the address is
     announced from here once restored. Returns the connections restored (kept ones)."""
     sizes = " ".join(f"{f}:{n}" for f, n in sorted((pages or {}).items()))
     action_script = f"action-script {hostscripts.installed(host)}/restore-action.sh"
@@ -156,6 +157,7 @@ def start_from_images(host: Host, engine: Engine, container_id: str, img: str, n
         *(["--action"] if action else []), "--published", " ".join(map(str, published or [])), "--wait", wait,
         *(["--at-create"] if hosts.restore_at_create(engine.server_version) else []),
         *(["--keep-connections"] if keep_connections else []), *(["--announce"] if address_moves else []),
+        "--addresses", " ".join(addresses or []),
         "--", *(ports or []))
     said = criu_run(host, f"restore of {container_id[:12]}", restore, opts).split()
     return int(said[1]) if said[:1] == ["sockets"] and said[1:2] and said[1].isdigit() else 0

@@ -447,7 +447,7 @@ class Migration:
             published = [p for _ip, p, proto in spec.published_ports() if proto == "tcp"]
             self.report.sockets_restored = checkpoint.start_from_images(
                 self.dst, target_engine, entry.target_id, entry.dst_img, self.migration_id, verify=link.direct,
-                ports=entry.ports, pages=pages, published=published, **how)
+                ports=entry.ports, pages=pages, published=published, addresses=entry.addresses, **how)
 
     def _failed(self, cause: MigratorError, left: list[str], back: bool, restored: bool) -> NoReturn:
         assert self.entry is not None

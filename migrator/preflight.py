@@ -108,27 +108,19 @@ def cpu_compatible(src: Host, dst: Host, source_workdir: str, target_workdir: st
 
 
 def same_address(checks: Preflight, src: Host, dst: Host, spec: Spec, source_nets: dict[str, dict | None],
-                 target_nets: dict[str, dict | None], connections: str | None, versions: tuple[str, str]) -> None:
+                 target_nets: dict[str, dict | None], connections: str | None) -> None:
     """Does its address move with it (and its connections), and can it: the same network on
     the target, the address free there, on the L2 the source is on (the address answers ARP
     through the target network's parent interface). `connections`: "keep", "close" or None
-    (keep them where the address moves and both engines can). `versions`: the source's and
-    target's Docker. Sets checks.address_moves/keep_connections."""
+    (keep them where the address moves). Sets checks.address_moves/keep_connections."""
     s, t = src.name, dst.name
     stays = networks.address_stays(spec.user_networks(), source_nets)  # None: the address moves
-    # Docker 28 and newer restore at `runc create` (migrator's wrapper), before Docker gives
-    # the container its network: CRIU cannot connect a restored socket then. The source's
-    # engine counts too: a rollback may restore it there.
-    late = [f"{h} (Docker {v})" for h, v in zip((s, t), versions, strict=True) if hosts.restore_at_create(v)]
-    why = stays or (f"{' and '.join(late)} set{'s' if len(late) == 1 else ''} up a restored container's "
-                    "network only after the restore, where CRIU cannot reconnect its sockets" if late else None)
     if connections == "keep":
-        checks.add(s, "keep connections", why is None, f"{why}; connections are kept only where the address "
-                   "moves with the container (macvlan or ipvlan networks) between Docker 20.10-27 hosts; "
-                   "--close-connections closes them")
+        checks.add(s, "keep connections", stays is None, f"{stays}; connections are kept only where the address "
+                   "moves with the container (macvlan or ipvlan networks); --close-connections closes them")
     if stays is not None:
         return
-    checks.address_moves, checks.keep_connections = True, why is None and connections != "close"
+    checks.address_moves, checks.keep_connections = True, connections != "close"
     for name, ep in spec.user_networks().items():
         address, theirs = str(ep.get("IPAddress") or ""), target_nets.get(name)
         if theirs is None:  # the network check says what to create
@@ -196,8 +188,7 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
         theirs = target_nets[name]
         blocked = networks.refusal(name, source_nets[name], theirs, endpoint, s, t)
         checks.add(t, f"network {name}", blocked is None, blocked or ("there" if theirs else f"made like {s}'s"))
-    same_address(checks, src, dst, spec, source_nets, target_nets, connections,
-                 (str(source_info.get("ServerVersion") or ""), str(target_info.get("ServerVersion") or "")))
+    same_address(checks, src, dst, spec, source_nets, target_nets, connections)
     other = target_engine.inspect(spec.name)
     checks.add(t, "name free", other is None, f"a container named {spec.name} exists there; remove or rename it")
     tagged = target_engine.image_inspect(spec.image_ref)

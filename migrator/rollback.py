@@ -153,7 +153,7 @@ class Sides:
                     raise MigratorError("no complete checkpoint of it was made")
                 checkpoint.start_from_images(self.src, self.source_engine, entry.container_id, entry.src_img,
                                              entry.migration_id, keep_connections=entry.keep_connections,
-                                             address_moves=entry.address_moves)
+                                             address_moves=entry.address_moves, addresses=entry.addresses)
                 self.restored = True
             except MigratorError as ex:
                 restore_error = ex

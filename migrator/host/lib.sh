@@ -206,6 +206,24 @@ speak() {
   return 0
 }
 
+# STAND_IN: the interface stand_in makes.
+STAND_IN=mgkeep0
+
+# stand_in PID ADDRESS...: PID's network namespace, which Docker networks only after the
+# restore (Docker 28 and newer, restoring at `runc create`), gets the container's
+# addresses on a stand-in interface (one end of a veth pair whose other end is there too,
+# with a default route of its own at the lowest priority) for CRIU to reconnect the
+# restored connections to; Docker's interface takes over when it comes (restore.sh then
+# removes the stand-in, and with it its peer).
+stand_in() {
+  local pid=$1 a; shift
+  nsenter -t "$pid" -n ip link add "$STAND_IN" type veth peer name "$STAND_IN-p" || return 1
+  nsenter -t "$pid" -n ip link set "$STAND_IN-p" up
+  nsenter -t "$pid" -n ip link set "$STAND_IN" up
+  for a; do nsenter -t "$pid" -n ip addr add "$a/32" dev "$STAND_IN" noprefixroute; done
+  nsenter -t "$pid" -n ip route add default dev "$STAND_IN" metric 4294967295
+}
+
 # guard -I|-D PORT...: on the host, refuse (TCP reset), or stop refusing, the new connections
 # Docker forwards from these published ports to a container. Between Docker publishing them
 # and the container's network being up they would be dropped.

@@ -8,7 +8,9 @@
 # and the host's neighbour entries for the container's addresses are flushed (clients that
 # tried before left them unresolved, and the kernel would ask again only a second later).
 # A second line says more: "keep" (restored connections came with it: packets are dropped,
-# not refused, until then), "announce" (its address came with it: announced from here).
+# not refused, until then), "announce" (its address came with it: announced from here),
+# "late" (restored at `runc create`, before Docker networks it: kept connections need its
+# addresses, the third line, on a stand-in interface meanwhile; restore.sh announces it).
 #
 #   restore-action.sh     (CRTOOLS_* from CRIU)
 case ${CRTOOLS_SCRIPT_ACTION:-} in post-setup-namespaces|network-unlock) ;; *) exit 0 ;; esac
@@ -16,12 +18,14 @@ case ${CRTOOLS_SCRIPT_ACTION:-} in post-setup-namespaces|network-unlock) ;; *) e
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-{ read -ra guarded; read -r how; } < "$CRTOOLS_IMAGE_DIR/migrator-restore"
+{ read -ra guarded; read -r how; read -ra addresses; } < "$CRTOOLS_IMAGE_DIR/migrator-restore"
 case $CRTOOLS_SCRIPT_ACTION in
-  post-setup-namespaces) [[ " $how " = *" keep "* ]] || refuse "$CRTOOLS_INIT_PID" ;;
+  post-setup-namespaces)
+    if [[ " $how " != *" keep "* ]]; then refuse "$CRTOOLS_INIT_PID"
+    elif [[ " $how " = *" late "* ]]; then stand_in "$CRTOOLS_INIT_PID" "${addresses[@]}"; fi ;;
   network-unlock)
     guard -D "${guarded[@]}"
-    [[ " $how " != *" announce "* ]] || speak "$CRTOOLS_INIT_PID"
+    [[ " $how " != *" announce "* ]] || [[ " $how " = *" late "* ]] || speak "$CRTOOLS_INIT_PID"
     # the restored connections, counted before any new one can come (restore.sh says it)
     [[ " $how " != *" keep "* ]] ||
       nsenter -t "$CRTOOLS_INIT_PID" -n ss -tnH state established 2>/dev/null | wc -l \

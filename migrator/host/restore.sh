@@ -8,7 +8,7 @@
 #   restore.sh --img DIR --cpdir DIR --name CHECKPOINT --container ID [--verify]
 #              [--pages "FILE:SIZE ..."] [--action] [--published "PORT ..."]
 #              [--wait SECONDS] [--at-create] [--keep-connections] [--announce]
-#              [-- PORT...]
+#              [--addresses "IP ..."] [-- PORT...]
 #
 # --verify: IMG must match its MANIFEST; --pages: the pages files must have these sizes.
 # --at-create (Docker 28 and newer): the images are not given to Docker but to migrator's
@@ -21,13 +21,15 @@
 # images hold established connections (tcp-established): the action drops, never refuses,
 # packets to it while it restores. --announce: its address came with it (the L2's): the
 # action tells the neighbours where it is once it is restored. Both need --action; with
-# --keep-connections, "sockets N" on stdout: the connections restored. What a restore leaves is
+# --keep-connections, "sockets N" on stdout: the connections restored. At create, its
+# connections need its --addresses while CRIU restores them, before Docker networks it: the
+# action puts them on a stand-in interface, removed here once Docker's is up. What a restore leaves is
 # removed when this ends, whether it started the container or not.
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-img='' cpdir='' name='' container='' verify=0 pages='' action=0 published='' wait=30 at_create=0 keep_connections=0 announce=0
-parse img cpdir name container verify! pages action! published wait at-create! keep-connections! announce! -- "$@"
+img='' cpdir='' name='' container='' verify=0 pages='' action=0 published='' wait=30 at_create=0 keep_connections=0 announce=0 addresses=''
+parse img cpdir name container verify! pages action! published wait at-create! keep-connections! announce! addresses -- "$@"
 set -- "${REST[@]}"
 need img "$img"; need cpdir "$cpdir"; need name "$name"; need container "$container"
 read -ra guarded <<< "$published"
@@ -77,8 +79,8 @@ if [ "$action" = 1 ]; then
   # whole), or at create, the images themselves
   if [ "$at_create" = 1 ]; then facts=$img; else facts=$cpdir; fi
   printf '%s\n' "$published" > "$facts/migrator-restore"
-  { [ "$keep_connections" = 0 ] || printf 'keep '; [ "$announce" = 0 ] || printf announce; echo; } \
-    >> "$facts/migrator-restore"
+  { [ "$keep_connections" = 0 ] || printf 'keep '; [ "$announce" = 0 ] || printf 'announce '
+    [ "$at_create" = 0 ] || printf late; echo; printf '%s\n' "$addresses"; } >> "$facts/migrator-restore"
   guard -I "${guarded[@]}"
 fi
 # prepare.sh's reserve: the restored process gets its memory. Freed while Docker sets up
@@ -104,6 +106,10 @@ done
 wait "$freed" || :
 read -r pid ip _ < <(docker inspect -f \
   '{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$container")
+if [ "$at_create" = 1 ]; then  # Docker has networked it now
+  [ "$keep_connections" = 0 ] || nsenter -t "$pid" -n ip link del "$STAND_IN" 2>/dev/null || :
+  [ "$announce" = 0 ] || speak "$pid"
+fi
 if [ "$keep_connections" = 1 ] && [ -f "/run/migrator-sockets-$pid" ]; then
   echo "sockets $(cat "/run/migrator-sockets-$pid")"; rm -f "/run/migrator-sockets-$pid"
 fi
