@@ -147,8 +147,10 @@ def run(src: Host, dst: Host, spec: Spec, source_workdir: str, target_workdir: s
     source_engine, target_engine = Engine(src), Engine(dst)
     source_nets = {name: source_engine.network_inspect(name) for name in spec.user_networks()}
     target_nets = {name: target_engine.network_inspect(name) for name in spec.user_networks()}
-    # where the address moves, both announce it (arping) when it changes hosts
-    tools = ["arping"] if networks.address_stays(spec.user_networks(), source_nets) is None else []
+    # where the address moves, both announce it (arping) when it changes hosts, and hold off
+    # packets for kept connections until they are restored (nft)
+    tools = ["arping", *(["nft"] if connections != "close" else [])] \
+        if networks.address_stays(spec.user_networks(), source_nets) is None else []
 
     def host_checks(host: Host, engine: Engine, tools: list[str]) -> tuple[list[Check], dict | None]:
         return once(shared, ("host", host.name, tuple(tools)), lambda: check_host(host, engine, tools))

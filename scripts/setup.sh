@@ -9,9 +9,10 @@ say() { printf 'setup: %s\n' "$*"; }
 CRIU_MIN=4.2
 # podman and netavark only for the benchmark's comparison with Podman's own migration;
 # the linter of the host-side scripts (shellcheck) for `make lint`; arping, with which a
-# host announces an address that moved with a container (macvlan/ipvlan networks).
+# host announces an address that moved with a container (macvlan/ipvlan networks), and nft,
+# which holds off its kept connections' packets until they are restored.
 APT_PKGS=(docker.io openssh-server rsync iproute2 iptables redis-server redis-tools busybox-static
-          zstd podman netavark shellcheck iputils-arping)
+          zstd podman netavark shellcheck iputils-arping nftables)
 CRIU_BUILD_DEPS=(build-essential patch pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
                  protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
                  libgnutls28-dev libnftables-dev uuid-dev libaio-dev)

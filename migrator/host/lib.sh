@@ -206,6 +206,25 @@ speak() {
   return 0
 }
 
+# hold_inbound TABLE "IP ..." IFACE...: until the nftables table TABLE (netdev) is deleted,
+# this host drops the TCP packets for these addresses as they arrive on each IFACE (the
+# parent of the container's macvlan/ipvlan interface; netdev ingress runs ahead of those
+# drivers): between Docker bringing the restored container's interface up and CRIU
+# restoring its connections, the kernel there would answer a client's packet with a
+# reset. The client's TCP sends it again. Without nft, nothing is held.
+hold_inbound() {
+  local table=$1 addrs=$2 i n=0 a; shift 2
+  command -v nft >/dev/null && nft add table netdev "$table" || return 0
+  for i; do
+    nft add chain netdev "$table" "in$n" "{ type filter hook ingress device \"$i\" priority -500; }" || continue
+    for a in $addrs; do nft add rule netdev "$table" "in$n" ip daddr "$a" ip protocol tcp drop; done
+    n=$((n + 1))
+  done
+}
+
+# release_inbound TABLE: what hold_inbound held goes (nothing when there is none).
+release_inbound() { ! command -v nft >/dev/null || nft delete table netdev "$1" 2>/dev/null || :; }
+
 # STAND_IN: the interface stand_in makes.
 STAND_IN=mgkeep0
 

@@ -11,6 +11,7 @@
 # not refused, until then), "announce" (its address came with it: announced from here),
 # "late" (restored at `runc create`, before Docker networks it: kept connections need its
 # addresses, the third line, on a stand-in interface meanwhile; restore.sh announces it).
+# The fourth names what restore.sh holds off on the host until the unlock (hold_inbound).
 #
 #   restore-action.sh     (CRTOOLS_* from CRIU)
 case ${CRTOOLS_SCRIPT_ACTION:-} in post-setup-namespaces|network-unlock) ;; *) exit 0 ;; esac
@@ -18,13 +19,14 @@ case ${CRTOOLS_SCRIPT_ACTION:-} in post-setup-namespaces|network-unlock) ;; *) e
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-{ read -ra guarded; read -r how; read -ra addresses; } < "$CRTOOLS_IMAGE_DIR/migrator-restore"
+{ read -ra guarded; read -r how; read -ra addresses; read -r inbound; } < "$CRTOOLS_IMAGE_DIR/migrator-restore"
 case $CRTOOLS_SCRIPT_ACTION in
   post-setup-namespaces)
     if [[ " $how " != *" keep "* ]]; then refuse "$CRTOOLS_INIT_PID"
     elif [[ " $how " = *" late "* ]]; then stand_in "$CRTOOLS_INIT_PID" "${addresses[@]}"; fi ;;
   network-unlock)
     guard -D "${guarded[@]}"
+    [ -z "$inbound" ] || release_inbound "$inbound"
     [[ " $how " != *" announce "* ]] || [[ " $how " = *" late "* ]] || speak "$CRTOOLS_INIT_PID"
     # the restored connections, counted before any new one can come (restore.sh says it)
     [[ " $how " != *" keep "* ]] ||

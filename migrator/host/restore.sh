@@ -23,7 +23,9 @@
 # action tells the neighbours where it is once it is restored. Both need --action; with
 # --keep-connections, "sockets N" on stdout: the connections restored. At create, its
 # connections need its --addresses while CRIU restores them, before Docker networks it: the
-# action puts them on a stand-in interface, removed here once Docker's is up. What a restore leaves is
+# action puts them on a stand-in interface, removed here once Docker's is up. Else Docker
+# networks it first: packets for those addresses are held off on the host until CRIU
+# unlocks the restored network (hold_inbound). What a restore leaves is
 # removed when this ends, whether it started the container or not.
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
@@ -40,8 +42,10 @@ up=$(printf '../%.0s' $(seq 30))
 # Docker's checkpoint dir, containerd's copy of it in its /tmp (it has our links to the
 # pages), the action's facts and its guard (CRIU's action ends that as soon as it can).
 mark=/var/lib/migrator/restore-at-create/$container
+inbound=migrator-${container:0:12}  # the nftables table of hold_inbound
 leftovers() {
   [ -z "${keeper:-}" ] || kill "$keeper" 2>/dev/null || :
+  [ "$keep_connections" = 0 ] || release_inbound "$inbound"
   rm -rf "$cpdir" "$mark" "$img/migrator-restore" "$kept_log"
   for l in /tmp/ctrd-checkpoint*/pages-*.img; do
     [ -L "$l" ] && [ "$(readlink "$l")" = "$up${img#/}/${l##*/}" ] && rm -rf "${l%/*}"
@@ -80,8 +84,14 @@ if [ "$action" = 1 ]; then
   if [ "$at_create" = 1 ]; then facts=$img; else facts=$cpdir; fi
   printf '%s\n' "$published" > "$facts/migrator-restore"
   { [ "$keep_connections" = 0 ] || printf 'keep '; [ "$announce" = 0 ] || printf 'announce '
-    [ "$at_create" = 0 ] || printf late; echo; printf '%s\n' "$addresses"; } >> "$facts/migrator-restore"
+    [ "$at_create" = 0 ] || printf late; echo; printf '%s\n%s\n' "$addresses" "$inbound"; } >> "$facts/migrator-restore"
   guard -I "${guarded[@]}"
+  if [ "$keep_connections" = 1 ] && [ "$at_create" = 0 ]; then  # (at create it has no network yet)
+    # shellcheck disable=SC2016  # a Go template
+    mapfile -t parents < <(docker inspect -f '{{range $n, $_ := .NetworkSettings.Networks}}{{$n}}{{"\n"}}{{end}}' \
+      "$container" | xargs -r -n1 docker network inspect -f '{{index .Options "parent"}}' | sort -u | grep .)
+    hold_inbound "$inbound" "$addresses" "${parents[@]}"
+  fi
 fi
 # prepare.sh's reserve: the restored process gets its memory. Freed while Docker sets up
 # the container (before CRIU allocates any), not before.
