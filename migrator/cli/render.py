@@ -135,6 +135,9 @@ def report_table(rep: Any) -> Table:
         t.add_row(p.name, f"{p.seconds:.2f}", human(p.bytes) if p.bytes else "")
     t.add_row(styled("bold", "downtime"), f"{rep.downtime_s:.2f}", "")
     t.add_row(styled("bold", "total"), f"{rep.total_s:.2f}", human(rep.bytes_sent))
+    if rep.connections:
+        t.caption = f"connections {rep.connections}" + (
+            f" ({rep.sockets_restored} restored)" if rep.connections == "kept" else "")
     return t
 
 

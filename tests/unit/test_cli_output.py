@@ -49,3 +49,13 @@ def test_a_drain_says_one_line_per_container_and_sums_up(capsys: pytest.CaptureF
     assert "1 migrated, 1 rolled back, 1 stays in 5.2 s; longest downtime 0.80 s" in text
     row = next(line for line in text.splitlines() if "db1" in line)
     assert "rolled" in row and "3.0" in row and "1.40" in row and "cut" in row
+
+
+def test_the_report_says_what_became_of_the_connections() -> None:
+    from migrator.cli.render import report_table
+    from migrator.migrate import MigrationReport
+
+    rep = MigrationReport("m", "kv", "a", "b", status="migrated", connections="kept", sockets_restored=2)
+    assert report_table(rep).caption == "connections kept (2 restored)"
+    rep.connections = "closed"
+    assert report_table(rep).caption == "connections closed"
