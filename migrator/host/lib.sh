@@ -169,7 +169,7 @@ refuse() {
   return 0
 }
 
-# silence PID: the address moves with the container (kept connections): its network
+# silence PID: the address moves with the container (macvlan, ipvlan): its network
 # namespace (PID's) stops answering ARP for it, so that once the target brings the same
 # address up, one host answers for it. CRIU's lock already drops its IP packets both
 # ways. The interfaces it silenced on stdout, for speak.

@@ -25,8 +25,8 @@
 # connections need its --addresses while CRIU restores them, before Docker networks it: the
 # action puts them on a stand-in interface, removed here once Docker's is up. Else Docker
 # networks it first: packets for those addresses are held off on the host until CRIU
-# unlocks the restored network (hold_inbound). What a restore leaves is
-# removed when this ends, whether it started the container or not.
+# unlocks the restored network (hold_inbound). What a restore leaves is removed when this
+# ends, whether it started the container or not.
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
