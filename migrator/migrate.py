@@ -13,10 +13,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, NoReturn
 
 from . import binds, checkpoint, hooks, journal, networks, preflight
@@ -27,61 +26,13 @@ from .images import image_dir, make_workdir
 from .inventory import Inventory
 from .locks import criu_result, owner, take_lock
 from .probes import answers, memory_sample, open_ports, runtime_root, upper_dir
+from .report import Event, Events, MigrationReport, PhaseReport, new_id
 from .rollback import Sides
 from .shared import Shared, once
 from .transfer import Link, image_there, open_link, ship_image, tar_job, worth_compressing
 from .transport import Host
 
 log = logging.getLogger(__name__)
-PHASES = ["resolve", "preflight", "presync", "freeze", "transfer", "filesystem", "restore", "verify",
-          "cleanup"]
-
-
-@dataclass
-class Event:
-    kind: str  # "phase" (start), "done" (phase end), "bytes", "info", "warn"
-    phase: str
-    message: str = ""
-    bytes: int = 0
-
-
-Events = Callable[[Event], None]
-
-
-@dataclass
-class PhaseReport:
-    name: str
-    seconds: float
-    bytes: int = 0
-
-
-@dataclass
-class MigrationReport:
-    migration_id: str
-    container: str
-    source: str
-    target: str
-    status: str = "failed"  # migrated | rolled_back | failed | planned
-    downtime_s: float = 0.0
-    total_s: float = 0.0
-    bytes_sent: int = 0
-    transfer: str = ""  # direct | relay
-    phases: list[PhaseReport] = field(default_factory=list)
-    preflight: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
-    volumes_left: list[str] = field(default_factory=list)  # named volumes still on the source
-    connections: str = ""  # kept (restored as they were: its address moved with it) | closed
-    sockets_restored: int = 0  # connections restored on the target (kept ones)
-    hooks: list[dict[str, Any]] = field(default_factory=list)  # what the --hook commands did (hooks.HookRun)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def new_id() -> str:
-    return time.strftime("mig-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
-
 
 # --- the migration ------------------------------------------------------------------------
 class Migration:
