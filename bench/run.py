@@ -621,6 +621,7 @@ def connections_section(inv: Inventory, lab: Lab) -> dict[str, Any]:
     retransmitting) and must see no error; closed, its connection is reset and it
     reconnects at once. Downtime: the longest wait between two acknowledged writes. Target
     for kept: no client error, downtime within 1.2x of the closed moves'."""
+    from migrator.lab.network import macvlan_create
     from migrator.lab.watch import HeldClient
 
     hs = [Host(inv.host(n)) for n in ("lab1", "lab2")]
@@ -634,8 +635,7 @@ def connections_section(inv: Inventory, lab: Lab) -> dict[str, Any]:
     try:
         clean()
         for h in hs:
-            h.run(["docker", "network", "create", "-d", "macvlan", "--subnet", f"{lab.subnet}.0/24", "--gateway",
-                   f"{lab.subnet}.1", "--ip-range", f"{lab.subnet}.224/27", "-o", "parent=eth0", CONN_NET])
+            h.run(macvlan_create(lab.subnet, CONN_NET, first=224))
         hs[0].run(["docker", "run", "-d", "--name", CONN_NAME, "--network", CONN_NET, "lab/redis"])
         address = hs[0].run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
                              CONN_NAME]).stdout.strip()

@@ -67,6 +67,14 @@ def host_net_up(host: str, netns: str, address: str, bridge: str, subnet: str) -
     run([*ns, "route", "add", "default", "via", f"{subnet}.1"])
 
 
+def macvlan_create(subnet: str, name: str, first: int = 192) -> list[str]:
+    """The `docker network create` of a macvlan network on a lab host: the lab's subnet,
+    addresses from `first`/27 (out of the hosts' own), the host's eth0 (on the lab
+    bridge, the L2 the hosts share) its parent."""
+    return ["docker", "network", "create", "-d", "macvlan", "--subnet", f"{subnet}.0/24", "--gateway", f"{subnet}.1",
+            "--ip-range", f"{subnet}.{first}/27", "-o", "parent=eth0", name]
+
+
 def host_net_down(host: str, netns: str) -> None:
     if Path(f"/run/netns/{netns}").exists():
         run(["ip", "netns", "del", netns], check=False)

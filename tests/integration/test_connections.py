@@ -20,6 +20,7 @@ from conftest import LabHost, run_cli
 from migrator.errors import MigratorError
 from migrator.inventory import Inventory
 from migrator.lab import Lab
+from migrator.lab.network import macvlan_create
 from migrator.lab.watch import ArpWatch, HeldClient
 from migrator.migrate import Event, Migration
 
@@ -30,8 +31,7 @@ def l2_network(lab: Lab, *hs: LabHost) -> None:
     """The same macvlan network on each host: the lab's subnet, addresses from .192/27 (out
     of the hosts' own), the host's eth0 (on the lab bridge) its parent."""
     for h in hs:
-        h.sh("docker", "network", "create", "-d", "macvlan", "--subnet", f"{lab.subnet}.0/24", "--gateway",
-             f"{lab.subnet}.1", "--ip-range", f"{lab.subnet}.192/27", "-o", "parent=eth0", NET)
+        h.sh(*macvlan_create(lab.subnet, NET))
 
 
 def start(h: LabHost, name: str = "kv") -> str:

@@ -242,12 +242,12 @@ def test_an_address_and_its_connections_across_engines(hosts: dict[str, LabHost]
     before Docker networks it, its address on a stand-in meanwhile) -> 20.10, one client
     connection held through the three moves: the same connection, address and MAC on every
     engine, nothing acknowledged lost."""
+    from migrator.lab.network import macvlan_create
     from migrator.lab.watch import HeldClient
 
     route = ["elab1", "elab2", "elab4", "elab1"]
     for name in set(route):
-        hosts[name].sh("docker", "network", "create", "-d", "macvlan", "--subnet", f"{LAB.subnet}.0/24",
-                       "--gateway", f"{LAB.subnet}.1", "--ip-range", f"{LAB.subnet}.192/27", "-o", "parent=eth0", "l2")
+        hosts[name].sh(*macvlan_create(LAB.subnet, "l2"))
     a = hosts[route[0]]
     a.sh("docker", "run", "-d", "--name", "kv", "--network", "l2", "lab/redis")
     net = (a.engine.inspect("kv") or {})["NetworkSettings"]["Networks"]["l2"]
