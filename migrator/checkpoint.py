@@ -123,15 +123,6 @@ def prepare_memory(host: Host, img: str, need_bytes: int) -> bool:
     return True
 
 
-def in_place(path: str, job: str = "", scripts: str | None = None) -> str:
-    """A remote command: stdin over the file at `path` from its start, without allocating
-    anew what it already has (see prepare_memory), then cut to what came; with `job`, says
-    the byte count as a transfer job line (J<job> N bytes) on stderr. `scripts`: where the
-    host-side scripts are on the host that runs it."""
-    where = scripts or hostscripts.local_dir()
-    return shell.join(["bash", f"{where}/in-place.sh", "--file", path, *(["--job", job] if job else [])])
-
-
 def start_from_images(host: Host, engine: Engine, container_id: str, img: str, name: str,
                       options: list[str] | None = None, *, verify: bool = False, ports: list[int] | None = None,
                       wait: int = 30, pages: dict[str, int] | None = None, action: bool = True,

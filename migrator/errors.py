@@ -6,6 +6,7 @@ and gets a traceback in the debug log.
 
 from __future__ import annotations
 
+import logging
 from enum import IntEnum
 
 
@@ -107,3 +108,10 @@ class RollbackFailed(MigratorError):
     """The migration failed and the rollback did not finish; the message lists what is where."""
 
     exit_code = ExitCode.FAILED_NOT_ROLLED_BACK
+
+
+def internal(ex: Exception) -> MigratorError:
+    """A bug of ours met while a container moves, as the error it rolls back on (the
+    traceback in the debug log)."""
+    logging.getLogger(__name__).error("internal error while moving", exc_info=ex)
+    return MigratorError(f"internal error: {ex!r}", hint="the debug log has its traceback; please report it")

@@ -18,6 +18,11 @@ def shm_dir(operation: str) -> str:
     return f"{SHM_DIR}/{operation}"
 
 
+def transfer_places(operation: str) -> str:
+    """Where a transfer's key may write on its target (receive.sh --allow): outside them all."""
+    return f"{STATE_DIR}/transfer/{operation}.allow"
+
+
 def hold_dir(operation: str) -> str:
     """A held dump's files (held.sh): its verdict, status and CRIU action script."""
     return f"{workdir(operation)}/hold"

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from . import binds, checkpoint, hooks, journal, networks, preflight
 from .container import Spec, validate_name
 from .engine import Engine
-from .errors import LockedError, MigrationFailed, MigratorError, PreflightError, RollbackFailed
+from .errors import LockedError, MigrationFailed, MigratorError, PreflightError, RollbackFailed, internal
 from .images import image_dir, make_workdir
 from .inventory import Inventory
 from .locks import criu_result, owner, take_lock
@@ -107,6 +107,8 @@ class Migration:
                 self.move()
             except MigratorError as ex:
                 self.abort(ex)
+            except Exception as ex:  # a bug of ours: the container comes back all the same
+                self.abort(internal(ex))
             return self.commit()
         finally:
             self.close()
@@ -326,6 +328,8 @@ class Migration:
             if self.src_upper and not self.dst_upper:  # never a move without its files
                 raise MigratorError(f"{self.dst.name}: cannot find the writable layer of the container made there "
                                     f"for {spec.name}", hint=f"`docker inspect {spec.name}` there shows its driver")
+            if self.dst_upper:
+                link.place("dir", self.dst_upper)  # now: not a round trip in the freeze window
             target_engine.docker_root  # noqa: B018 - asked now, not in the freeze window
             target_engine.server_version  # noqa: B018 - likewise
             # Docker must not restart the frozen source on its own (two copies): its restart

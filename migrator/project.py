@@ -17,7 +17,7 @@ from typing import Any
 
 from .container import Spec, validate_name
 from .engine import Engine
-from .errors import MigrationFailed, MigratorError, RollbackFailed
+from .errors import MigrationFailed, MigratorError, RollbackFailed, internal
 from .inventory import Inventory
 from .migrate import Event, Migration, MigrationReport
 from .shared import Shared
@@ -152,6 +152,8 @@ class ProjectMove:
             return
         except MigratorError as ex:
             cause = ex
+        except Exception as ex:  # a bug of ours: the members come back all the same
+            cause = internal(ex)
         for m in moved:  # journaled first: a controller dying in here leaves `recover` no member to forward
             if m.entry is not None:
                 m.entry.phase = "rollback"

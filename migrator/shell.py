@@ -25,3 +25,15 @@ def join(argv: Sequence[str | int]) -> str:
 def pipeline(*commands: Sequence[str | int]) -> list[str]:
     """argv for `a | b | c` under bash with pipefail, so a failing producer fails the whole."""
     return ["bash", "-c", "set -o pipefail; " + " | ".join(join(c) for c in commands)]
+
+
+def _encode(word: str) -> str:
+    return "".join(c if " " < c < "\x7f" and c not in "%\\" else "".join(f"%{b:02X}" for b in c.encode())
+                   for c in word)
+
+
+def request(words: Sequence[str | int]) -> str:
+    """A request for receive.sh behind a forced command (SSH_ORIGINAL_COMMAND): words
+    separated by spaces, each with '%', '\\', whitespace and what is not printable ASCII as
+    %XX, which receive.sh decodes. No shell reads it."""
+    return " ".join(_encode(str(w)) for w in words)

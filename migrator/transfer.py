@@ -3,9 +3,12 @@ single-use key, or relayed through the controller when the hosts cannot reach ea
 
 Directories travel as `tar | zstd` streams; on a direct link every stream of one step runs
 at once in one command on the source (transfer.sh), through one multiplexed connection.
-The single-use key is restricted to the source's address, expires by itself, and is
-removed from both hosts when the link closes (also on failure); the source verifies the
-target's host key from the inventory's known_hosts.
+The single-use key can do one thing: hand what comes to receive.sh on the target (its
+forced command), which writes only in this transfer's places: its work dirs, and each
+directory or file the controller named for it beforehand, over its own session (`place`).
+The key is restricted to the source's address, expires by itself, and is removed from both
+hosts when the link closes (also on failure); the source verifies the target's host key
+from the inventory's known_hosts.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paramiko
@@ -24,10 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import hostscripts, shell
-from .checkpoint import in_place
 from .engine import Engine
 from .errors import CommandError, TransferError, tail
-from .images import expected_pages, verify_argv
+from .images import expected_pages
+from .layout import shm_dir, transfer_places, workdir
 from .transport import CommandResult, Host, relay
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ KEY_TTL_S = 3600
 Progress = Callable[[int], None]
 
 _PROGRESS = re.compile(r"^J(\w+) (\d+) bytes")
+_NAME = re.compile(r"^[\w.+@-]+$")  # a file place's name: rsync takes it as a pattern
 _JOB_LINE = re.compile(r"^J\w+ ")  # what dd says of a job: counts, not errors
 DUMPED = "migrator: dumped"  # said by transfer.sh on stderr when the dump is complete
 PAGEMAP = "migrator: pagemap "  # and before it, each of its pagemap images (base64) behind this
@@ -43,8 +47,7 @@ PAGEMAP = "migrator: pagemap "  # and before it, each of its pagemap images (bas
 @dataclass
 class Job:
     producer: list[list[str]]
-    consumer: list[list[str]]
-    then: list[str | int] | None = None  # run on the receiving side after the consumer succeeded
+    request: list[str]  # what receive.sh on the target does with it: untar, write, pages
     compress: bool = True
 
 
@@ -59,11 +62,11 @@ def worth_compressing(raw: int, packed: int, seconds: float, link_bps: float) ->
     return ratio < 0.9 and speed > 1.2 * link_bps * ratio
 
 
-def tar_job(src_dir: str, dst_dir: str, *, then: list[str | int] | None = None, compress: bool = True,
-            exclude: str = "") -> Job:
-    """Copy the contents of src_dir into dst_dir (which must exist), then run `then` there."""
+def tar_job(src_dir: str, dst_dir: str, *, verify: bool = False, compress: bool = True, exclude: str = "") -> Job:
+    """Copy the contents of src_dir into dst_dir (which must exist); with `verify`, it must
+    then match its MANIFEST there."""
     return Job([[*shell.TAR, "-C", src_dir, *([f"--exclude={exclude}"] if exclude else []), "-cf", "-", "."]],
-               [[*shell.TAR, "-C", dst_dir, "-xpf", "-"]], then, compress)
+               ["untar", dst_dir, *(["verify"] if verify else [])], compress)
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Link:
     _known_hosts: str = ""
     bytes_sent: int = 0
     bps: float = 0.0  # measured throughput of the direct path
+    places: list[tuple[str, str]] = field(default_factory=list)  # where the key writes (receive.sh)
 
     def _ssh_argv(self) -> list[str]:
         s = self.dst.spec
@@ -89,29 +93,53 @@ class Link:
                 "-o", "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr",
                 "-p", str(s.port), "-l", s.user, s.address]
 
-    def _remote(self, consumer: list[list[str]], then: list[str | int] | None) -> str:
-        cmd = shell.join(shell.pipeline(*consumer))
-        return cmd + (" && " + shell.join(then) if then else "")
+    def place(self, kind: str, path: str) -> int:
+        """Let the key write at `path` on the target (receive.sh's `dir` or `file`), told
+        to the target over the controller's own session when it is new; returns its line
+        (rsync's module mN). Work dirs are places from the start; naming the others before
+        the freeze keeps this round trip out of it."""
+        if (kind, path) not in self.places:
+            if not path.startswith("/") or "\n" in path or (kind == "file" and not _NAME.match(path.rsplit("/", 1)[1])):
+                raise TransferError(f"{self.dst.name}: cannot receive at {path!r} over a transfer key",
+                                    hint="a copied file's name is letters, digits and ._+@- only")
+            self.places.append((kind, path))
+            if self._key_path:
+                self._tell_places()
+        return self.places.index((kind, path))
+
+    def _tell_places(self) -> None:
+        lines = "".join(f"{k} {p}\n" for k, p in self.places)
+        self.dst.run(["bash", "-c", 'umask 077; mkdir -p "${1%/*}" && printf %s "$2" > "$1.new" && mv -f "$1.new" "$1"',
+                      "_", transfer_places(self.operation), lines])
+
+    def _in_work(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for k, p in self.places if k == "tree")
+
+    def _remote(self, request: list[str], compress: bool) -> str:
+        """The key's command for `request` (its Z, compressed or not, after the verb), at a
+        place of this transfer's."""
+        if request[0] == "untar" and not self._in_work(request[1]):
+            self.place("dir", request[1])
+        assert request[0] == "untar" or self._in_work(request[1]), request
+        return shell.request([request[0], int(compress), *request[1:]])
 
     def check(self, what: str, r: CommandResult) -> None:
         if not r.ok:
             raise TransferError(f"{what}: {self.src.name} -> {self.dst.name} failed on {r.host}: "
                                 f"{tail(r.stderr, 3, 300)}")
 
-    def pipe(self, producer: list[list[str]], consumer: list[list[str]], what: str,
-             progress: Progress | None = None) -> int:
-        """Run producer stages on src, consumer stages on dst, stdout into stdin, compressed
-        on the wire; returns the bytes that crossed it."""
-        return self.pipes([Job(producer, consumer)], what, progress)
+    def pipe(self, producer: list[list[str]], request: list[str], what: str, progress: Progress | None = None) -> int:
+        """Run producer stages on src into receive.sh's `request` on dst, compressed on the
+        wire; returns the bytes that crossed it."""
+        return self.pipes([Job(producer, request)], what, progress)
 
     def _transfer_argv(self, jobs: list[tuple[str, Job]], *follow: str | int) -> list[str | int]:
         """transfer.sh on the source, sending each job (and with `follow`, a dump's pages)."""
         argv = hostscripts.argv(self.src, "transfer.sh", "--ssh", shell.join(self._ssh_argv()),
-                                "--zstd", shell.join(shell.ZSTD), "--unzstd", shell.join(shell.UNZSTD))
+                                "--zstd", shell.join(shell.ZSTD))
         for name, job in jobs:
-            remote = self._remote([*([shell.UNZSTD] if job.compress else []), *job.consumer], job.then)
             argv += ["--job", name, "--producer", " | ".join(shell.join(c) for c in job.producer),
-                     "--remote", remote, "--compress", int(job.compress)]
+                     "--remote", self._remote(job.request, job.compress), "--compress", int(job.compress)]
         return argv + list(follow)
 
     def _run_transfer(self, argv: list[str | int], progress: Progress | None,
@@ -147,8 +175,8 @@ class Link:
         sent = 0  # through this machine, usually a slower path: always compressed
         for j in jobs:
             n, rs, rd = relay(self.src.open(shell.pipeline(*j.producer, shell.ZSTD)),
-                              self.dst.open(["bash", "-c", self._remote([shell.UNZSTD, *j.consumer], j.then)]),
-                              progress)
+                              self.dst.open(hostscripts.argv(self.dst, "receive.sh", "--", j.request[0], 1,
+                                                             *j.request[1:])), progress)
             for r in (rs, rd):
                 self.check(what, r)
             sent += n
@@ -168,8 +196,8 @@ class Link:
         assert self.direct
         jobs = [("small", tar_job(src_img, dst_img, exclude="pages-*.img", compress=compress)),
                 *((f"a{i}", j) for i, j in enumerate(after))]
-        pages_writer = in_place(f"{dst_img}/pages-1.img", "" if compress else "p1", hostscripts.installed(self.dst))
-        argv = self._transfer_argv(jobs, "--follow-img", src_img, "--follow-dst", dst_img,
+        pages_writer = self._remote(["pages", f"{dst_img}/pages-1.img", *([] if compress else ["p1"])], compress)
+        argv = self._transfer_argv(jobs, "--follow-img", src_img, "--follow-dst", shell.request([dst_img]),
                                    "--pages-writer", pages_writer, *([] if compress else ["--raw-pages"]),
                                    "--dumped", DUMPED, "--pagemap", PAGEMAP, "--", *dump)
         pagemaps: list[bytes] = []
@@ -186,7 +214,7 @@ class Link:
     def copy_dirs(self, pairs: list[tuple[str, str, bool]], progress: Progress | None = None) -> int:
         """Copy the contents of each src dir into its dst dir (which must exist); where the
         flag is set, the receiving side checks the copy against its MANIFEST to succeed."""
-        jobs = [tar_job(s, d, then=verify_argv(self.dst, d) if verify else None) for s, d, verify in pairs]
+        jobs = [tar_job(s, d, verify=verify) for s, d, verify in pairs]
         return self.pipes(jobs, "copy " + ", ".join(s for s, _, _ in pairs), progress)
 
     def copy_dir(self, src_dir: str, dst_dir: str, progress: Progress | None = None, verify: bool = False) -> int:
@@ -216,16 +244,18 @@ class Link:
                 (src_parent, name), dst_parent = src_dir.rsplit("/", 1), dst_dir.rsplit("/", 1)[0]
                 self.dst.run(["mkdir", "-p", dst_parent or "/"])
                 return self.pipe([[*shell.TAR, "-C", src_parent or "/", "-cf", "-", name]],
-                                 [[*shell.TAR, "-C", dst_parent or "/", "-xpf", "-"]], f"copy {src_dir}")
+                                 ["untar", dst_parent or "/"], f"copy {src_dir}")
             self.dst.run(["find", dst_dir, "-mindepth", "1", "-delete"])
             return self.copy_dir(src_dir, dst_dir)
-        ssh = shell.join(self._ssh_argv()[:-1])  # rsync -e takes the ssh command without host
+        # rsync -e takes the ssh command without host; the key runs an rsync daemon whose
+        # module mN is the place N, chrooted there
+        ssh = shell.join(self._ssh_argv()[:-1])
         if file:
+            module = f"{self.dst.spec.address}::m{self.place('file', dst_dir)}/{dst_dir.rsplit('/', 1)[1]}"
             argv: list[str | int] = ["rsync", "-aHAX", "--numeric-ids", "--stats", "-e", ssh,
-                                     *(["--ignore-times"] if changed_since is not None else []),
-                                     src_dir, f"{self.dst.spec.address}:{dst_dir}"]
+                                     *(["--ignore-times"] if changed_since is not None else []), src_dir, module]
             return self._rsync([argv], src_dir, dst_dir)
-        dest = f"{self.dst.spec.address}:{dst_dir.rstrip('/')}/"
+        dest = f"{self.dst.spec.address}::m{self.place('dir', dst_dir.rstrip('/') or '/')}/"
         runs: list[list[str | int]] = [["rsync", "-aHAX", "--numeric-ids", "--delete", "--stats", "-e", ssh,
                                         src_dir.rstrip("/") + "/", dest]]
         if changed_since is not None:
@@ -262,21 +292,22 @@ def key_comment(operation: str) -> str:
     return f"migrator-transfer-{operation}"
 
 
-def stop_master(host: Host, workdir: str) -> None:
+def stop_master(host: Host, directory: str) -> None:
     """End the source's multiplexing ssh master of this transfer, if one runs."""
     host.run(["bash", "-c", '[ ! -S "$1/ctl" ] || ssh -o ControlPath="$1/ctl" -O exit migrator-target 2>/dev/null',
-              "_", workdir], check=False)
+              "_", directory], check=False)
 
 
 def remove_key(host: Host, operation: str) -> None:
-    """Drop the single-use key of `operation` from host's authorized_keys."""
-    host.run(hostscripts.argv(host, "authorized-keys.sh", "remove", "--comment", key_comment(operation)),
-             check=False)
+    """Drop the single-use key of `operation` from host's authorized_keys, and its places."""
+    remove = shell.join(hostscripts.argv(host, "authorized-keys.sh", "remove", "--comment", key_comment(operation)))
+    host.run(["bash", "-c", remove + '; rm -f -- "$1" "$1".rsyncd.*', "_", transfer_places(operation)], check=False)
 
 
-def open_link(src: Host, dst: Host, operation: str, workdir: str, *, relay_only: bool = False) -> Link:
-    """Try the direct path (source -> target SSH with a single-use key); fall back to relay."""
-    link = Link(src, dst, operation, workdir)
+def open_link(src: Host, dst: Host, operation: str, source_workdir: str, *, relay_only: bool = False) -> Link:
+    """Try the direct path (source -> target SSH with a single-use key); fall back to relay.
+    The target's places start as the operation's work dirs there."""
+    link = Link(src, dst, operation, source_workdir)
     if relay_only:
         return link
     key = Ed25519PrivateKey.generate()
@@ -289,12 +320,16 @@ def open_link(src: Host, dst: Host, operation: str, workdir: str, *, relay_only:
         log.info("%s: no host key for the target in known_hosts; relaying", dst.name)
         return link
     expiry = time.strftime("%Y%m%d%H%M", time.gmtime(time.time() + KEY_TTL_S))
-    opts = f'restrict,from="{src.spec.address}",expiry-time="{expiry}Z"'
+    receive = f"{hostscripts.installed(dst)}/receive.sh --allow {transfer_places(operation)}"
+    assert re.fullmatch(r"[\w./+ -]+", receive), receive  # inside command="..."
+    opts = f'restrict,command="bash {receive}",from="{src.spec.address}",expiry-time="{expiry}Z"'
     line = f"{opts} {public} {key_comment(operation)}"
-    link._key_path = f"{workdir}/transfer_key"
-    link._known_hosts = f"{workdir}/known_hosts"
+    link._key_path = f"{source_workdir}/transfer_key"
+    link._known_hosts = f"{source_workdir}/known_hosts"
+    link.places = [("tree", workdir(operation)), ("tree", shm_dir(operation))]
     src.put(private, link._key_path, 0o600)
     src.put(host_key.encode(), link._known_hosts, 0o600)
+    link._tell_places()
     dst.run(hostscripts.argv(dst, "authorized-keys.sh", "add", "--line", line))
     try:
         # One ssh connection for every copy of this transfer (no handshake in the freeze
@@ -352,4 +387,9 @@ def ship_image(link: Link, source_engine: Engine, target_engine: Engine, image_i
         return 0
     tagged = source_engine.image_inspect(image_ref) or {}
     ref = image_ref if tagged.get("Id") == image_id else image_id
-    return link.pipe([["docker", "save", ref]], [["docker", "load", "-q"]], f"image {ref}", progress)
+    tar = f"{workdir(link.operation)}/image-{image_id.rsplit(':', 1)[-1][:16]}.tar"  # loaded by us, not the key
+    sent = link.pipe([["docker", "save", ref]], ["write", tar], f"image {ref}", progress)
+    r = link.dst.run(["bash", "-c", 'docker load -q -i "$1"; rc=$?; rm -f "$1"; exit $rc', "_", tar],
+                     check=False, timeout=None)
+    link.check(f"image {ref}: docker load", r)
+    return sent

@@ -12,7 +12,7 @@ parse file job -- "$@"
 need file "$file"
 umask 077
 deepen_stdin
-s=$(dd of="$file" bs=1M conv=notrunc 2>&1) || { echo "$s" >&2; exit 1; }
+s=$(dd of="$file" bs=1M conv=notrunc oflag=nofollow 2>&1) || { echo "$s" >&2; exit 1; }
 n=$(printf '%s' "$s" | sed -n 's/^\([0-9]*\) bytes.*/\1/p')
 truncate -s "$n" "$file"
 [ -z "$job" ] || echo "J$job $n bytes" >&2

@@ -12,6 +12,6 @@ parse ssh mib -- "$@"
 need ssh "$ssh"; need mib "$mib"
 eval "SSH=($ssh)"
 s=$(date +%s%N); "${SSH[@]}" true || exit 1; m=$(date +%s%N)
-dd if=/dev/zero bs=1M count="$mib" status=none | "${SSH[@]}" 'cat > /dev/null' || exit 1
+dd if=/dev/zero bs=1M count="$mib" status=none | "${SSH[@]}" sink || exit 1
 e=$(date +%s%N)
 echo $(( m - s )) $(( e - m ))

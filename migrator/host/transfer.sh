@@ -3,15 +3,15 @@
 # through one multiplexed connection; each stream is counted on the wire by dd, whose
 # progress goes to stderr as "JNAME N bytes" lines.
 #
-#   transfer.sh --ssh WORDS --zstd WORDS --unzstd COMMAND
-#               [--job NAME --producer COMMAND --remote COMMAND --compress 0|1]...
-#               [--follow-img DIR --follow-dst DIR --pages-writer COMMAND [--raw-pages]
+#   transfer.sh --ssh WORDS --zstd WORDS
+#               [--job NAME --producer COMMAND --remote REQUEST --compress 0|1]...
+#               [--follow-img DIR --follow-dst DIR --pages-writer REQUEST [--raw-pages]
 #                --dumped TEXT --pagemap TEXT -- DUMP...]
 #
-# --ssh: the ssh command to the target; --zstd: the compressor here; --unzstd: the
-# decompressor, as a command line for remote commands (words quoted for bash).
+# --ssh: the ssh command to the target (words quoted for bash); --zstd: the compressor here.
 # Each --job runs its --producer here and its output, compressed with --compress 1, into
-# its --remote run on the target (which decompresses it itself).
+# its --remote, a request for receive.sh on the target (the key's forced command: it
+# decompresses what it is told is compressed). --follow-dst is %-encoded like a request.
 # With --follow-img, DUMP runs first (it returns when the images are complete). The first
 # process's pages (all of a one-process container's) go from CRIU into SSH through a named
 # pipe: never written here, and read by ssh itself; --pages-writer writes them on the target.
@@ -21,17 +21,17 @@
 # shellcheck source=lib.sh
 . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-ssh='' zstd='' unzstd='' follow_img='' follow_dst='' pages_writer='' raw_pages=0 dumped='' pagemap=''
+ssh='' zstd='' follow_img='' follow_dst='' pages_writer='' raw_pages=0 dumped='' pagemap=''
 job=() producer=() remote=() compress=()
-parse ssh zstd unzstd job+ producer+ remote+ compress+ follow-img follow-dst pages-writer raw-pages! dumped pagemap \
+parse ssh zstd job+ producer+ remote+ compress+ follow-img follow-dst pages-writer raw-pages! dumped pagemap \
   -- "$@"
 set -- "${REST[@]}"
-need ssh "$ssh"; need zstd "$zstd"; need unzstd "$unzstd"
+need ssh "$ssh"; need zstd "$zstd"
 if [ ${#producer[@]} != ${#job[@]} ] || [ ${#remote[@]} != ${#job[@]} ] || [ ${#compress[@]} != ${#job[@]} ]; then
   die "transfer.sh: each --job needs its --producer, --remote and --compress"
 fi
 SSH=() ZSTD=()
-eval "SSH=($ssh)"; eval "ZSTD=($zstd)"; UNZSTD=$unzstd img=$follow_img dst=$follow_dst z=$((1 - raw_pages))
+eval "SSH=($ssh)"; eval "ZSTD=($zstd)"; img=$follow_img dst=$follow_dst z=$((1 - raw_pages))
 
 # send NAME Z REMOTE: stdin, through the compressor if Z is 1, to REMOTE on the target.
 send() {
@@ -55,7 +55,7 @@ if [ -n "$img" ]; then
   exec 5<>"$img/../tick"  # a pipe nobody writes: `read -t` on it sleeps without starting a process
   hold_deep "$img/pages-1.img" & holder=$!  # holds the pages pipe open, 1 MiB deep, until the dump ends
   if [ "$z" = 1 ]; then
-    ( set -o pipefail; send p1 1 "$UNZSTD | { $pages_writer; }" < "$img/pages-1.img" ) & pids+=($!)
+    ( set -o pipefail; send p1 1 "$pages_writer" < "$img/pages-1.img" ) & pids+=($!)
   else
     "${SSH[@]}" "$pages_writer" < "$img/pages-1.img" & pids+=($!)
   fi
@@ -66,8 +66,7 @@ if [ -n "$img" ]; then
       b=${f##*/}
       [[ -e $f && $b =~ ^pages-[0-9]+\.img$ && -z ${seen[$b]:-} ]] || continue
       seen[$b]=1; n=$((n + 1))
-      to_target="umask 077; cat > $(printf %q "$dst/$b")"
-      [ "$z" = 1 ] && to_target="$UNZSTD | { $to_target; }"
+      to_target="write $z $dst/$b"
       if [ $alive = 1 ]; then
         ( set -o pipefail; tail -c +1 -s 0.02 -f --pid="$dump" "$f" | send "p$n" "$z" "$to_target" ) & pids+=($!)
       else

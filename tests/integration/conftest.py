@@ -87,6 +87,7 @@ class LabHost:
                                    "2>/dev/null | grep -v '^/' | grep . || true").strip(),
             "keys": self.sh("bash", "-c", "grep -c migrator-transfer ~/.ssh/authorized_keys || true").strip()
             .replace("0", ""),
+            "transfer places": self.sh("bash", "-c", "ls -A /var/lib/migrator/transfer 2>/dev/null || true").strip(),
             "runc.conf": self.sh("bash", "-c", "cat /etc/criu/runc.conf 2>/dev/null || true").strip(),
             # containerd's copy of a restored checkpoint (it links to our pages)
             "containerd copies": self.sh("bash", "-c", "ls -d /tmp/ctrd-checkpoint* 2>/dev/null || true").strip(),

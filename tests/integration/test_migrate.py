@@ -142,6 +142,54 @@ def test_a_file_rewritten_in_place_after_the_presync_arrives_exact(hosts: dict[s
         h.sh("rm", "-rf", "/tmp/rw-bind")
 
 
+def test_the_transfer_key_only_writes_this_migration_s_places(hosts: dict[str, LabHost], inv: Inventory) -> None:
+    """The single-use key a source gets can hand data to receive.sh only, into the places
+    the controller named: tried from the source, in the middle of a move with a volume and
+    a bind-mounted file, every other use is refused or lands nowhere; the move then works."""
+    a, b = hosts["lab1"], hosts["lab2"]
+    for h in (a, b):
+        h.sh("bash", "-c", "rm -rf /tmp/kb /root/evil /etc/evil; touch /tmp/kb-ref")
+    a.sh("bash", "-c", "mkdir -p /tmp/kb; echo conf > /tmp/kb/app.conf")
+    a.sh("docker", "run", "-d", "--name", "kv", "-v", "kvdata:/data", "-v", "/tmp/kb/app.conf:/etc/app.conf",
+         "lab/redis")
+    tried: dict[str, str] = {}
+
+    def hook(ev: Event) -> None:
+        if not (ev.kind == "done" and ev.phase == "presync"):
+            return
+        op = a.sh("ls", "/var/lib/migrator/work").split()[0]
+        places = b.sh("cat", f"/var/lib/migrator/transfer/{op}.allow").splitlines()
+        vol = next(i for i, ln in enumerate(places) if ln.startswith("dir ") and "kvdata" in ln)
+        conf = places.index("file /tmp/kb/app.conf")
+        w = f"/var/lib/migrator/work/{op}"
+        ssh = (f"ssh -i {w}/transfer_key -o UserKnownHostsFile={w}/known_hosts -o StrictHostKeyChecking=yes "
+               f"-o BatchMode=yes -l root")
+        script = f"""exec 2>&1; echo evil > /tmp/evil
+            {ssh} 10.203.0.12 id; echo "id: $?"
+            {ssh} 10.203.0.12 'cat /etc/shadow'; echo "shadow: $?"
+            {ssh} 10.203.0.12 rsync --server -logDtpr . /root/; echo "rsync-server: $?"
+            rsync -e "{ssh}" /tmp/evil 10.203.0.12:/root/evil; echo "rsync-path: $?"
+            rsync -e "{ssh}" /tmp/evil 10.203.0.12::m{vol}/../../../../../root/evil; echo "rsync-up: $?"
+            rsync -e "{ssh}" /tmp/evil 10.203.0.12::m{conf}/evil; echo "rsync-other: $?"
+            {ssh} 10.203.0.12 'untar 0 /etc' < /dev/null; echo "untar-etc: $?"
+            {ssh} 10.203.0.12 true; echo "true: $?" """
+        tried["out"] = a.sh("bash", "-c", script, check=False)
+
+    rep = Migration(inv, "kv", "lab1", "lab2", events=hook, bind_mounts="sync").run()
+    assert rep.status == "migrated" and rep.transfer == "direct"
+    out = tried["out"]
+    codes = dict(re.findall(r"^([\w-]+): (\d+)$", out, re.M))
+    assert codes["true"] == "0", out  # the key itself works
+    for what in ("id", "shadow", "rsync-server", "rsync-path", "rsync-up", "rsync-other", "untar-etc"):
+        assert codes[what] != "0", (what, out)
+    assert out.count("receive.sh: refused") >= 4, out
+    assert b.sh("bash", "-c", "find / -maxdepth 2 -name evil; find /tmp/kb /var/lib/docker/volumes -name evil; "
+                "true") == ""
+    assert b.sh("cat", "/tmp/kb/app.conf").strip() == "conf"
+    for h in (a, b):
+        h.sh("rm", "-rf", "/tmp/kb", "/tmp/evil", "/tmp/kb-ref")
+
+
 class Clients:
     """One client holds a connection open; another INCRs every few ms wherever the service is
     (old address, then new). Every acknowledged write is recorded."""
@@ -262,6 +310,29 @@ def test_target_dockerd_dies_source_comes_back(hosts: dict[str, LabHost], inv: I
         assert f"container r1 ({left['Id'][:12]}) is left" in str(e.value)
         b.engine.remove_container("r1")
     assert b.engine.inspect("r1") is None, "nothing left on the target"
+    for h in (a, b):
+        assert not any(h.leftovers().values()), f"{h.name}: {h.leftovers()}"
+
+
+def test_a_bug_of_ours_after_the_freeze_still_gives_the_container_back(hosts: dict[str, LabHost], inv: Inventory,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only migrator's own errors roll back: an exception it did not expect, met with
+    the source frozen, does too (exit 1, the same process running on the source)."""
+    a, b = hosts["lab1"], hosts["lab2"]
+    fill(start_redis(a), 1000)
+    before = a.redis().info("server")
+
+    def bug(*_args: object, **_kw: object) -> int:
+        raise NameError("name 'pages' is not defined")
+
+    monkeypatch.setattr(checkpoint, "start_from_images", bug)
+    m = Migration(inv, "r1", "lab1", "lab2")
+    with pytest.raises(MigrationFailed, match=r"internal error: NameError") as e:
+        m.run()
+    assert e.value.exit_code == 1 and m.report.status == "rolled_back" and m.report.downtime_s > 0
+    assert a.running() == ["r1"] and b.running() == []
+    assert a.redis().info("server")["process_id"] == before["process_id"]
+    check_all(a.redis(), 1000)
     for h in (a, b):
         assert not any(h.leftovers().values()), f"{h.name}: {h.leftovers()}"
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from migrator import hostscripts, shell
-from migrator.checkpoint import in_place
 from migrator.transport import wait_for
 
 HERE = Path(hostscripts.local_dir())
@@ -304,29 +303,41 @@ def test_freeze_without_a_freezer_changes_nothing(tmp_path: Path) -> None:
 
 
 # --- transfer.sh, with `bash -c` standing in for ssh to the target ----------------------------
-def _transfer(*args: str | int) -> subprocess.CompletedProcess[str]:
-    return script("transfer.sh", "--ssh", "bash -c", "--zstd", shell.join(shell.ZSTD),
-                  "--unzstd", shell.join(shell.UNZSTD), *args)
+def _key(tmp_path: Path, *places: tuple[str, Path]) -> str:
+    """A stand-in for ssh with a transfer key: its last word, the request, goes to receive.sh
+    as the key's forced command, which may write at `places`. The --ssh words for it."""
+    allow = tmp_path / "transfer" / "op.allow"
+    allow.parent.mkdir(exist_ok=True)
+    allow.write_text("".join(f"{kind} {path}\n" for kind, path in places))
+    fake = tmp_path / "fake-ssh"
+    fake.write_text(f'SSH_ORIGINAL_COMMAND="${{*: -1}}" exec bash {shlex.quote(str(HERE / "receive.sh"))} '
+                    f'--allow {shlex.quote(str(allow))}\n')
+    return shell.join(["bash", fake])
+
+
+def _transfer(ssh: str, *args: str | int) -> subprocess.CompletedProcess[str]:
+    return script("transfer.sh", "--ssh", ssh, "--zstd", shell.join(shell.ZSTD), *args)
 
 
 def test_transfer_jobs_arrive_compressed_or_raw(tmp_path: Path) -> None:
-    src = tmp_path / "src"
+    src, out = tmp_path / "src", tmp_path / "out dir %41"
     src.mkdir()
+    out.mkdir()
     (src / "a").write_bytes(os.urandom(300_000))
-    out = tmp_path / "out"
-    r = _transfer("--job", "j0", "--producer", shell.join(["cat", src / "a"]),
-                  "--remote", f"{shell.join(shell.UNZSTD)} | cat > {shlex.quote(str(out))}.z", "--compress", 1,
+    ssh = _key(tmp_path, ("tree", out))
+    r = _transfer(ssh, "--job", "j0", "--producer", shell.join(["cat", src / "a"]),
+                  "--remote", shell.request(["write", 1, f"{out}/a.z"]), "--compress", 1,
                   "--job", "j1", "--producer", shell.join(["cat", src / "a"]),
-                  "--remote", f"cat > {shlex.quote(str(out))}.raw", "--compress", 0)
+                  "--remote", shell.request(["write", 0, f"{out}/a.raw"]), "--compress", 0)
     assert r.returncode == 0, r.stderr
-    assert Path(f"{out}.z").read_bytes() == Path(f"{out}.raw").read_bytes() == (src / "a").read_bytes()
+    assert (out / "a.z").read_bytes() == (out / "a.raw").read_bytes() == (src / "a").read_bytes()
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^J(\w+) (\d+) bytes", r.stderr, re.M)}
     assert counts["j1"] == 300_000 and 0 < counts["j0"]
-    r = _transfer("--job", "j0", "--producer", "false", "--remote", "cat > /dev/null", "--compress", 0)
+    r = _transfer(ssh, "--job", "j0", "--producer", "false", "--remote", "sink", "--compress", 0)
     assert r.returncode == 1  # a failing producer fails the transfer
-    r = _transfer("--job", "j0", "--producer", "true", "--compress", 0)
+    r = _transfer(ssh, "--job", "j0", "--producer", "true", "--compress", 0)
     assert r.returncode == 1 and "each --job needs" in r.stderr
-    r = _transfer("--job", "j0", "--bogus", "x")
+    r = _transfer(ssh, "--job", "j0", "--bogus", "x")
     assert r.returncode == 1 and "unknown argument --bogus" in r.stderr
 
 
@@ -349,13 +360,13 @@ def test_transfer_follows_a_dump_streaming_its_pages(tmp_path: Path, raw: bool) 
     pages.write_bytes(os.urandom(2_000_000))
     fake = tmp_path / "fake-dump"
     fake.write_text(FAKE_PAGES_DUMP)
+    z = 0 if raw else 1
     small = ["--job", "small", "--producer", shell.join([*shell.TAR, "-C", src_img, "--exclude=pages-*.img",
                                                          "-cf", "-", "."]),
-             "--remote", shell.join(shell.pipeline(*([] if raw else [shell.UNZSTD]),
-                                                   [*shell.TAR, "-C", dst_img, "-xpf", "-"])),
-             "--compress", 0 if raw else 1]
-    r = _transfer(*small, "--follow-img", src_img, "--follow-dst", dst_img,
-                  "--pages-writer", in_place(str(dst_img / "pages-1.img"), "p1" if raw else ""),
+             "--remote", shell.request(["untar", z, dst_img]), "--compress", z]
+    r = _transfer(_key(tmp_path, ("tree", dst_img)), *small, "--follow-img", src_img,
+                  "--follow-dst", shell.request([dst_img]),
+                  "--pages-writer", shell.request(["pages", z, dst_img / "pages-1.img", *(["p1"] if raw else [])]),
                   *(["--raw-pages"] if raw else []), "--dumped", "DUMPED", "--pagemap", "PM ",
                   "--", "bash", fake, src_img, pages)
     assert r.returncode == 0, r.stderr
@@ -374,9 +385,10 @@ def test_transfer_of_a_failed_dump_stops_with_its_status(tmp_path: Path) -> None
     pages.write_bytes(os.urandom(100_000))
     fake = tmp_path / "fake-dump"
     fake.write_text(FAKE_PAGES_DUMP)
-    r = _transfer("--job", "small", "--producer", "echo never", "--remote", f"cat > {dst_img}/never", "--compress", 0,
-                  "--follow-img", src_img, "--follow-dst", dst_img,
-                  "--pages-writer", in_place(str(dst_img / "pages-1.img")), "--dumped", "DUMPED",
+    r = _transfer(_key(tmp_path, ("tree", dst_img)), "--job", "small", "--producer", "echo never",
+                  "--remote", shell.request(["write", 0, dst_img / "never"]), "--compress", 0,
+                  "--follow-img", src_img, "--follow-dst", shell.request([dst_img]),
+                  "--pages-writer", shell.request(["pages", 1, dst_img / "pages-1.img"]), "--dumped", "DUMPED",
                   "--pagemap", "PM ", "--", "bash", fake, src_img, pages, "fail")
     assert r.returncode == 9 and "DUMPED" not in r.stderr
     assert not (dst_img / "never").exists()
@@ -553,3 +565,40 @@ def test_criu_failed_shows_the_error_lines_of_the_restored_tasks_too_and_keeps_t
     kept = Path(lines[-1].removeprefix("CRIU's log: "))
     assert kept.parent == tmp_path / "logs" and kept.name.endswith("-restore-abc.log")
     assert kept.read_text() == log.read_text() and kept.stat().st_mode & 0o777 == 0o600
+
+
+# --- receive.sh: what a transfer key can do on its target ------------------------------------
+def _receive(ssh: str, request: str, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*shlex.split(ssh), request], input=data, capture_output=True, timeout=30)
+
+
+def test_a_transfer_key_writes_only_at_its_places(tmp_path: Path) -> None:
+    work, upper, outside = tmp_path / "work", tmp_path / "upper", tmp_path / "outside"
+    for d in (work, upper, outside):
+        d.mkdir()
+    ssh = _key(tmp_path, ("tree", work), ("dir", upper))
+    tar = subprocess.run(["tar", "-C", tmp_path, "-cf", "-", "fake-ssh"], capture_output=True, check=True).stdout
+    assert _receive(ssh, shell.request(["write", 0, work / "a b" / "f%"]), b"x").returncode == 1  # no such dir
+    (work / "a b").mkdir()
+    assert _receive(ssh, shell.request(["write", 0, work / "a b" / "f%"]), b"data").returncode == 0
+    assert (work / "a b" / "f%").read_bytes() == b"data"
+    assert _receive(ssh, shell.request(["untar", 0, upper]), tar).returncode == 0
+    assert (upper / "fake-ssh").is_file()
+    assert _receive(ssh, "true").returncode == 0
+    (work / "out").symlink_to(outside)  # what a hostile sender could have made in its work dir
+    (work / "shadow").symlink_to(outside / "shadow")
+    refused = [["write", 0, outside / "f"], ["untar", 0, outside], ["untar", 0, work / "out"],
+               ["write", 0, work / "out" / "f"], ["untar", 0, upper / ".."], ["write", 0, upper / "f"],
+               ["write", 0, "relative/f"], ["untar", 0, work, "then-rm"], ["bash", "-c", "id"],
+               ["rsync", "--server", "--sender", "-logDtpr", ".", str(outside)]]
+    for words in refused:
+        r = _receive(ssh, shell.request(words), tar)
+        assert r.returncode != 0 and b"refused" in r.stderr, (words, r.stderr)
+    r = _receive(ssh, shell.request(["write", 0, work / "shadow"]), b"x")  # never through a link
+    assert r.returncode != 0 and not (outside / "shadow").exists()
+    r = _receive(ssh, shell.request(["pages", 0, work / "shadow"]), b"x")
+    assert r.returncode != 0 and not (outside / "shadow").exists()
+    assert list(outside.iterdir()) == []
+    (tmp_path / "transfer" / "op.allow").unlink()  # the link closed
+    r = _receive(ssh, "true")
+    assert r.returncode == 1 and b"this transfer is over" in r.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from migrator.checkpoint import in_place
+from migrator import hostscripts
 from migrator.errors import MigratorError
 from migrator.images import PE_PARENT, PE_PRESENT, expected_pages, pages_size
 
@@ -59,6 +59,7 @@ def test_in_place_overwrites_and_cuts_to_what_came(tmp_path: Path) -> None:
     f.parent.mkdir()
     f.write_bytes(b"\0" * 300_000)  # set aside in advance, larger than what comes
     data = os.urandom(123_457)
-    r = subprocess.run(["sh", "-c", in_place(str(f), "p1")], input=data, capture_output=True, check=True)
+    r = subprocess.run(["bash", f"{hostscripts.local_dir()}/receive.sh", "--", "pages", "0", str(f), "p1"],
+                       input=data, capture_output=True, check=True)
     assert f.read_bytes() == data
     assert r.stderr.decode().strip() == "Jp1 123457 bytes"
