@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-unit test-integration test-faults lint bench lab-up lab-down clean
+.PHONY: setup demo test test-unit test-integration test-faults lint bench soak lab-up lab-down clean
 
 setup:
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
@@ -27,6 +27,11 @@ test-faults: setup
 # Timings, as ratios against baselines measured in the same run (not a test).
 bench: setup
 	$(BIN)/python bench/run.py $(if $(SIZES),--sizes $(SIZES))
+
+# A randomized fault soak on the lab (not a test; ~20 min): MINUTES=, ROUNDS=, SEED= bound or repeat it.
+soak: setup
+	$(BIN)/python bench/soak.py $(if $(MINUTES),--minutes $(MINUTES)) $(if $(ROUNDS),--rounds $(ROUNDS)) \
+	  $(if $(SEED),--seed $(SEED))
 
 # ruff and mypy for the Python, shellcheck for the host-side scripts (every disable says why).
 lint: setup

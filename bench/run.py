@@ -155,10 +155,10 @@ def podman_teardown(hosts: list[Host]) -> None:
 def podman_flow(src: Host, dst: Host) -> dict[str, Any]:
     """Podman's own live migration: checkpoint --export, copy the archive host to host (one
     SSH stream, uncompressed), restore --import."""
-    tar = f"{BENCH_DIR}/podman/{NAME}.tar"
     op = "bench-podman"
+    tar = f"{layout.workdir(op)}/{NAME}.tar"  # the work dir on both hosts: the link's key writes there
     for h in (src, dst):
-        h.run(["bash", "-c", 'rm -rf "$1" && mkdir -p -m 0700 "$1"', "_", f"{BENCH_DIR}/podman"])
+        images.remove_workdir(h, op)
         images.make_workdir(h, op)
     link = open_link(src, dst, op, layout.workdir(op))
     try:
@@ -166,8 +166,7 @@ def podman_flow(src: Host, dst: Host) -> dict[str, Any]:
         locks.criu_run(src, "podman checkpoint", ["podman", "container", "checkpoint", "--export", tar,
                                                "--compress", "none", NAME])
         t_ck = time.monotonic()
-        sent = link.pipes([Job([["cat", tar]], [["bash", "-c", 'umask 077; cat > "$1"', "_", tar]], compress=False)],
-                          "podman archive")
+        sent = link.pipes([Job([["cat", tar]], ["write", tar], compress=False)], "podman archive")
         t_cp = time.monotonic()
         locks.criu_run(dst, "podman restore", ["podman", "container", "restore", "--import", tar])
         t_end = time.monotonic()

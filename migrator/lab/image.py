@@ -2,8 +2,9 @@
 imported once and saved, so that every host loads the same image ID. lab/redis (root-run
 Redis) on every host; lab/postgres (PostgreSQL 15 as its own user, uid 999: a multi-process
 database with shared memory) and lab/nginx (nginx as www-data, uid 33: a master and its
-worker processes, its configuration bind-mounted from the host) where a test asks for them
-(`Lab.ensure_image`)."""
+worker processes, its configuration bind-mounted from the host) and lab/udp (a UDP service
+counting the datagrams it answered, udp-counter.c built static here) where a test asks for
+them (`Lab.ensure_image`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .processes import run
 IMAGE = "lab/redis"
 POSTGRES = "lab/postgres"
 NGINX = "lab/nginx"
+UDP = "lab/udp"
 PG = Path("/usr/lib/postgresql/15")
 NGINX_BIN = Path("/var/cache/migrator/nginx/root/usr/sbin/nginx")  # Debian 12's, unpacked by setup
 Exec = Callable[..., object]  # runs argv inside one lab host (Lab.ns_exec bound to it)
@@ -108,6 +110,18 @@ def build_nginx(rootfs: Path) -> bytes:
     return _tar(rootfs)
 
 
+def build_udp(rootfs: Path) -> bytes:
+    """udp-counter, compiled static from its source beside this file, and busybox."""
+    if rootfs.exists():
+        shutil.rmtree(rootfs)
+    (rootfs / "usr/bin").mkdir(parents=True)
+    run(["gcc", "-static", "-O2", "-o", str(rootfs / "usr/bin/udp-counter"),
+         str(Path(__file__).with_name("udp-counter.c"))])
+    _busybox(rootfs, ("sh", "sleep"))
+    (rootfs / "tmp").mkdir(mode=0o1777)
+    return _tar(rootfs)
+
+
 CHANGES = [
     'CMD ["/usr/bin/redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no"]',
     "EXPOSE 6379", "WORKDIR /data", "ENV PATH=/usr/bin:/bin",
@@ -120,8 +134,9 @@ POSTGRES_CHANGES = ["ENV PATH=/usr/lib/postgresql/15/bin:/bin", "ENV PGDATA=/var
                     "ENV TZ=UTC", "USER postgres", "EXPOSE 5432", "CMD " + json.dumps(["sh", "-c", _PG_START])]
 NGINX_CHANGES = ["ENV PATH=/usr/sbin:/bin", "USER www-data", "EXPOSE 8080",
                  'CMD ["nginx", "-e", "stderr", "-g", "daemon off;"]']
+UDP_CHANGES = ["EXPOSE 5353/udp", 'CMD ["/usr/bin/udp-counter", "5353"]']
 BUILDS = {IMAGE: (build, CHANGES), POSTGRES: (build_postgres, POSTGRES_CHANGES),
-          NGINX: (build_nginx, NGINX_CHANGES)}
+          NGINX: (build_nginx, NGINX_CHANGES), UDP: (build_udp, UDP_CHANGES)}
 
 
 def import_argv(name: str = IMAGE) -> list[str]:

@@ -16,6 +16,7 @@ import redis
 from migrator.engine import Engine
 from migrator.inventory import Inventory, load
 from migrator.lab import Lab
+from migrator.lab.faults import leftovers
 from migrator.transport import Host, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,20 +81,7 @@ class LabHost:
 
     def leftovers(self) -> dict[str, str]:
         """Everything a migration may leave behind on a host; all should be empty."""
-        return {
-            "work": self.sh("bash", "-c", "ls -A /var/lib/migrator/work 2>/dev/null || true").strip(),
-            "locks": self.sh("bash", "-c", "ls -A /var/lib/migrator/locks 2>/dev/null || true").strip(),
-            "checkpoints": self.sh("bash", "-c", "ls -A /var/lib/docker/containers/*/checkpoints/ "
-                                   "2>/dev/null | grep -v '^/' | grep . || true").strip(),
-            "keys": self.sh("bash", "-c", "grep -c migrator-transfer ~/.ssh/authorized_keys || true").strip()
-            .replace("0", ""),
-            "transfer places": self.sh("bash", "-c", "ls -A /var/lib/migrator/transfer 2>/dev/null || true").strip(),
-            "runc.conf": self.sh("bash", "-c", "cat /etc/criu/runc.conf 2>/dev/null || true").strip(),
-            # containerd's copy of a restored checkpoint (it links to our pages)
-            "containerd copies": self.sh("bash", "-c", "ls -d /tmp/ctrd-checkpoint* 2>/dev/null || true").strip(),
-            # a restore's guard of the published ports (refusing connections while Docker sets up)
-            "guards": self.sh("bash", "-c", "iptables -S DOCKER-USER 2>/dev/null | grep REJECT || true").strip(),
-        }
+        return leftovers(self.host)
 
     def close(self) -> None:
         self.host.close()

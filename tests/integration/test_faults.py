@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ from redis.retry import Retry
 from migrator.errors import MigrationFailed, MigratorError
 from migrator.inventory import Inventory
 from migrator.lab import Lab
+from migrator.lab.faults import corrupting, criu_killer
 from migrator.migrate import Event, Migration
 
 INV = ["-i", str(ROOT / "inventory" / "lab.yaml")]
@@ -133,21 +135,27 @@ def test_target_dockerd_killed_during_restore(hosts: dict[str, LabHost], inv: In
     start_redis(a)
     fill(a.redis(), 20_000)
     h2 = lab.host("lab2")
+    at: dict[str, float] = {}
 
     def kill_soon() -> None:
         time.sleep(0.2)
         os.kill(int((Path(h2.dir) / "dockerd.pid").read_text()), signal.SIGKILL)
+        at["killed"] = time.monotonic()
 
     def hook(ev: Event) -> None:
         if ev.kind == "phase" and ev.phase == "restore":
             threading.Thread(target=kill_soon).start()
+        elif ev.kind == "done" and ev.phase == "restore":
+            at["restored"] = time.monotonic()
 
     try:
         m, err = _run_with(inv, hook)
     finally:
         lab.start_dockerd(h2)
-    # Either the restore finished before the kill (then it is migrated and runs on lab2),
-    # or it rolled back; never two copies, never none.
+    # The fault hit: dockerd died while the restore still needed it.
+    assert "killed" in at and at["killed"] < at.get("restored", float("inf")), at
+    # Either the restore got far enough before the kill (then it is migrated and runs on
+    # lab2), or it rolled back; never two copies, never none.
     _recover_leftovers(err)
     where = assert_invariant(hosts, 20_000)
     assert (where == "lab2") == (err is None), err
@@ -163,41 +171,30 @@ def test_source_sshd_stopped_mid_migration(hosts: dict[str, LabHost], inv: Inven
     start_redis(a)
     fill(a.redis(), 20_000)
     h1 = lab.host("lab1")
+    down: list[bool] = []
+
+    def refused() -> bool:
+        try:
+            socket.create_connection((h1.address, 22), timeout=2).close()
+            return False
+        except ConnectionRefusedError:
+            return True
 
     def hook(ev: Event) -> None:
         if ev.kind == "phase" and ev.phase == "freeze":
             lab.stop_service(h1, "sshd")
+            down.append(refused())
 
     try:
         m, err = _run_with(inv, hook)
+        down.append(refused())
     finally:
         lab.start_service(h1, "sshd")
+    # The fault hit: no new connection to lab1 could be made from the freeze to the end,
+    # while the move still ran its dump there and its cleanup or rollback.
+    assert down == [True, True], down
     assert assert_invariant(hosts, 20_000) == ("lab2" if err is None else "lab1")
     record("source sshd stopped (sessions open stay)", "freeze", m.report.status, hosts)
-
-
-def criu_killer(lab: Lab, host: str) -> tuple[threading.Thread, list[int]]:
-    """A thread that SIGKILLs the first criu seen in `host`'s mount namespace, 50 ms after it
-    appears (within 20 s); the list gets its pid."""
-    mnt = os.readlink(f"/proc/{lab.host(host).anchor_pid}/ns/mnt")
-    killed: list[int] = []
-
-    def run() -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            for pid in os.listdir("/proc"):
-                try:
-                    if (pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() == "criu"
-                            and os.readlink(f"/proc/{pid}/ns/mnt") == mnt):
-                        time.sleep(0.05)
-                        os.kill(int(pid), signal.SIGKILL)
-                        killed.append(int(pid))
-                        return
-                except OSError:
-                    continue
-            time.sleep(0.002)
-
-    return threading.Thread(target=run), killed
 
 
 def test_criu_killed_mid_dump_source_answers_again(hosts: dict[str, LabHost], inv: Inventory, lab: Lab) -> None:
@@ -306,9 +303,20 @@ def test_preflight_refuses_what_criu_cannot_move(hosts: dict[str, LabHost], tmp_
 
 
 def test_hostile_select_label_and_unreachable_host(hosts: dict[str, LabHost], tmp_path: Path) -> None:
+    """A --select value that would be shell syntax runs nowhere: not here, not on the hosts
+    (each has its own /tmp), whose containers are asked for by it."""
     Path("/tmp/pwned").unlink(missing_ok=True)
-    r = run_cli("drain", "lab1", "--select", "a=$(touch /tmp/pwned); rm -rf /", "--dry-run")
-    assert r.returncode == 0 and not Path("/tmp/pwned").exists()
+    a = hosts["lab1"]
+    a.sh("docker", "run", "-d", "--name", "r1", "--label", "a=$(touch /tmp/pwned); rm -rf /", "lab/redis")
+    for h in hosts.values():
+        h.sh("bash", "-c", "rm -f /tmp/pwned; touch /tmp/canary")
+    r = run_cli("drain", "lab1", "--select", "a=$(touch /tmp/pwned); rm -rf /", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [m["container"] for m in json.loads(r.stdout)["moves"]] == ["r1"]  # the label matched, as data
+    assert not Path("/tmp/pwned").exists()
+    for h in hosts.values():
+        assert h.sh("bash", "-c", "ls /tmp/pwned /tmp/canary 2>&1 || true").strip() == (
+            "ls: cannot access '/tmp/pwned': No such file or directory\n/tmp/canary"), h.name
     inv = tmp_path / "inv.yaml"
     lab_inv = (ROOT / "inventory" / "lab.yaml").read_text()
     inv.write_text(lab_inv.replace("hosts:\n", "hosts:\n  ghost:\n    address: 10.203.0.99\n", 1))
@@ -321,55 +329,20 @@ def test_hostile_select_label_and_unreachable_host(hosts: dict[str, LabHost], tm
            "n/a (no data involved)")
 
 
-# On lab2 only (its own mount namespace), a wrapper around the program that writes the
-# checkpoint there: `tar`, which unpacks the small image files, flips a byte of core-1.img
-# after it; `dd`, which writes the memory pages streamed from CRIU, drops their last 8 KiB (a
-# copy broken in transit or on the target's disk, and one cut short).
-CORRUPTING = {
-    "tar": r"""#!/bin/bash
-/tmp/real-tool "$@"; rc=$?
-dir=; prev=
-for a in "$@"; do [ "$prev" = -C ] && dir=$a; prev=$a; done
-case $dir in
-  /dev/shm/migrator/*/img)
-    f=$dir/core-1.img
-    b=$(/tmp/real-dd if="$f" bs=1 skip=16 count=1 status=none | od -An -tu1)
-    printf "\\$(printf %o $(( 255 - b )))" | /tmp/real-dd of="$f" bs=1 seek=16 conv=notrunc status=none ;;
-esac
-exit $rc
-""",
-    "dd": r"""#!/bin/bash
-for a in "$@"; do
-  case $a in if=*) exec /tmp/real-tool "$@" ;; esac
-done
-case " $* " in
-  *" of=/dev/shm/migrator/"*"/img/pages-"*) head -c -8192 | /tmp/real-tool "$@" ;;
-  *) exec /tmp/real-tool "$@" ;;
-esac
-""",
-}
-
-
 @pytest.mark.parametrize("tool", ["tar", "dd"])
-def test_checkpoint_corrupted_in_transit_is_never_restored(hosts: dict[str, LabHost], inv: Inventory,
+def test_checkpoint_corrupted_in_transit_is_never_restored(hosts: dict[str, LabHost], inv: Inventory, lab: Lab,
                                                             tool: str) -> None:
     a, b = hosts["lab1"], hosts["lab2"]
     start_redis(a)
     fill(a.redis(), 20_000)
-    b.sh("cp", f"/usr/bin/{tool}", "/tmp/real-tool")
-    b.sh("cp", "/usr/bin/dd", "/tmp/real-dd")
-    b.host.put(CORRUPTING[tool].encode(), "/tmp/corrupting-tool", 0o755)
-    b.sh("mount", "--bind", "/tmp/corrupting-tool", f"/usr/bin/{tool}")
     started: list[str] = []
 
     def hook(ev: Event) -> None:
         if ev.kind == "phase":
             started.append(ev.phase)
 
-    try:
+    with corrupting(lab, "lab2", tool):
         m, err = _run_with(inv, hook)
-    finally:
-        b.sh("umount", f"/usr/bin/{tool}")
     assert isinstance(err, MigrationFailed), err
     if tool == "tar":  # the MANIFEST check, before anything is started
         assert "does not match its checksums" in str(err) and "not restoring from it" in str(err), err

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -18,7 +19,7 @@ from migrator.errors import MigrationFailed
 from migrator.inventory import Inventory
 from migrator.lab import Lab
 from migrator.lab.faults import cut_link
-from migrator.lab.image import NGINX, POSTGRES
+from migrator.lab.image import NGINX, POSTGRES, UDP
 from migrator.migrate import Event, Migration
 from migrator.transport import wait_for
 
@@ -149,6 +150,39 @@ def test_a_web_server_of_its_own_user_with_workers_and_a_bind_mounted_config(hos
         assert page.read() == b"hello from lab/nginx\n"
     for h in (a, b):
         h.sh("rm", "-rf", "/tmp/web")
+
+
+def udp_ask(address: str, port: int, text: str) -> str:
+    """One datagram to a UDP service, its answer (2 s to come)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(text.encode(), (address, port))
+        return s.recv(600).decode()
+
+
+def test_a_udp_service_moves_with_its_published_port_and_its_count(hosts: dict[str, LabHost], lab: Lab) -> None:
+    """A service on a published UDP port (lab/udp counts the datagrams it answered, in its
+    memory only): on the target the port is published as UDP again and the count goes on."""
+    a, b = hosts["lab1"], hosts["lab2"]
+    for h in (a, b):
+        lab.ensure_image(lab.host(h.name), UDP)
+    a.sh("docker", "run", "-d", "--name", "dns", "-p", "5353:5353/udp", UDP)
+    assert wait_for(lambda: _answers(a.address), 10)
+    counts = [int(udp_ask(a.address, 5353, f"q{i}").split()[0]) for i in range(5)]
+    assert counts == list(range(counts[0], counts[0] + 5))
+    r = run_cli("migrate", "dns", "--from", "lab1", "--to", "lab2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert a.running() == [] and b.running() == ["dns"]
+    ports = b.engine.inspect("dns")["NetworkSettings"]["Ports"]
+    assert list(ports) == ["5353/udp"] and ports["5353/udp"][0]["HostPort"] == "5353", ports
+    assert udp_ask(b.address, 5353, "after") == f"{counts[-1] + 1} after"  # the same process's count
+
+
+def _answers(address: str) -> bool:
+    try:
+        return bool(udp_ask(address, 5353, "ping"))
+    except OSError:
+        return False
 
 
 # --- bind mounts --------------------------------------------------------------------------------
