@@ -121,7 +121,7 @@ class Link:
         if request[0] == "untar" and not self._in_work(request[1]):
             self.place("dir", request[1])
         assert request[0] == "untar" or self._in_work(request[1]), request
-        return shell.request([request[0], int(compress), *request[1:]])
+        return shell.request(_words(request, compress))
 
     def check(self, what: str, r: CommandResult) -> None:
         if not r.ok:
@@ -175,8 +175,8 @@ class Link:
         sent = 0  # through this machine, usually a slower path: always compressed
         for j in jobs:
             n, rs, rd = relay(self.src.open(shell.pipeline(*j.producer, shell.ZSTD)),
-                              self.dst.open(hostscripts.argv(self.dst, "receive.sh", "--", j.request[0], 1,
-                                                             *j.request[1:])), progress)
+                              self.dst.open(hostscripts.argv(self.dst, "receive.sh", "--", *_words(j.request, True))),
+                              progress)
             for r in (rs, rd):
                 self.check(what, r)
             sent += n
@@ -286,6 +286,11 @@ class Link:
         self.src.run(["rm", "-f", self._key_path, self._known_hosts], check=False)
         self._key_path = ""
         self.direct = False
+
+
+def _words(request: list[str], compress: bool) -> list[str | int]:
+    """receive.sh's words for `request`: its Z (1: compressed) after the verb."""
+    return [request[0], int(compress), *request[1:]]
 
 
 def key_comment(operation: str) -> str:
