@@ -8,14 +8,15 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from . import binds, checkpoint, store
+from . import binds, checkpoint, journal, store
 from .container import Spec, validate_name
 from .engine import Engine
-from .errors import MigratorError
+from .errors import MigrationFailed, MigratorError, RollbackFailed, internal
 from .hosts import port_user
-from .images import make_workdir, manifest, remove_workdir
+from .images import make_workdir, manifest
 from .probes import runtime_root, upper_dir
-from .transfer import Link, open_link, ship_image
+from .rollback import Sides
+from .transfer import open_link, ship_image
 from .transport import Host
 
 PUBLISH_RE = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d{1,5}):(?P<ctr>\d{1,5})(?:/(?P<proto>tcp|udp))?$")
@@ -86,11 +87,14 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
     body["HostConfig"] = hc
     body["Labels"] = {**(body.get("Labels") or {}), "migrator.clone-of": spec.name}
     operation = f"clone-{secrets.token_hex(4)}"
-    source_workdir = make_workdir(src, operation)
-    payload = f"{source_workdir}/cp"
-    link: Link | None = None
-    made: list[str] = []  # bind paths the copy made on the target: removed again if the clone fails
+    # Journaled, so that what a killed controller or an unreachable host leaves is found and
+    # removed by `migrator recover` (the copy itself stays if it was started).
+    entry = journal.Entry(operation, new_name, "", src.name, dst.name, "", phase=journal.CLONE)
+    entry.save()
+    sides = Sides(entry, src, dst)
     try:
+        source_workdir = make_workdir(src, operation)
+        payload = f"{source_workdir}/cp"
         src.run(["mkdir", "-m", "0700", payload])
         checkpoint.dump(src, spec.id, f"{payload}/criu", root=runtime_root(src, spec.id), leave_running=True)
         upper = upper_dir(src, spec.inspect)
@@ -106,18 +110,32 @@ def clone(src: Host, dst: Host, container: str, new_name: str, publish: list[str
             rep.bytes_sent += link.copy_dir(payload, f"{target_workdir}/cp", verify=True)
             where = f"{target_workdir}/cp"
             for m in mounts if bind_mounts == "sync" else []:  # as they are now, just after the dump
-                made += [p for p in [binds.first_missing(dst, m["Source"])] if p]
+                made = binds.first_missing(dst, m["Source"])
+                if made:  # removed again if the clone fails
+                    entry.undo.append({"kind": "path", "path": made})
+                    entry.save()
                 rep.bytes_sent += binds.send(link, m["Source"])[1]
         rep.clone_id = store.start_from(dst, where, new_name, body)
-    except MigratorError:
-        for path in made:
-            binds.unmake(dst, path, check=False)
-        raise
-    finally:
-        if link is not None:
-            link.close()
-        remove_workdir(src, operation)
-        if not same_host:
-            remove_workdir(dst, operation)
+    except Exception as ex:  # a bug of ours too: what it made is removed
+        cause = ex if isinstance(ex, MigratorError) else internal(ex)
+        left = _end(entry, sides)
+        raise (RollbackFailed if left else MigrationFailed)(cause.message + left, hint=cause.hint) from ex
+    entry.undo.clear()  # the paths it made are the copy's now
+    left = _end(entry, sides)
+    if left:
+        rep.notes.append(left.lstrip("; "))
     rep.seconds = round(time.monotonic() - t0, 3)
     return rep
+
+
+def _end(entry: journal.Entry, sides: Sides) -> str:
+    """Remove what the clone made and no longer needs; what could not be removed stays in
+    the journal for `recover`, and is returned as words for its message."""
+    left = sides.undo_and_clean()
+    if not left:
+        entry.remove()
+        return ""
+    entry.phase = journal.PENDING_CLEANUP
+    entry.save()
+    return (f"; left over: {'; '.join(left)}; `migrator recover {entry.migration_id}` removes them once "
+            "the hosts answer")

@@ -16,6 +16,7 @@ from typing import Any
 from .controller import alive, atomic_write, state_dir
 
 PENDING_CLEANUP = "cleanup-pending"  # phase of a rolled-back migration (the source runs) with leftovers to remove
+CLONE = "clone"  # phase of a clone under way: if its controller dies, only its leftovers are to remove
 # Field names of journals written before they were spelled out (still recovered).
 _OLD_NAMES = {"mid": "migration_id", "tid": "target_id"}
 
@@ -80,6 +81,6 @@ def unfinished(source: str, container: str) -> Entry | None:
     """An unfinished operation on this container (by name or id) whose process is gone."""
     for entry in load_all():
         mine = container == entry.container or (len(container) >= 12 and entry.container_id.startswith(container))
-        if entry.source == source and mine and not entry.alive() and entry.phase != PENDING_CLEANUP:
+        if entry.source == source and mine and not entry.alive() and entry.phase not in (PENDING_CLEANUP, CLONE):
             return entry
     return None

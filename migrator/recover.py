@@ -56,6 +56,8 @@ def recover(inv: Inventory, only: str | None = None) -> list[Recovered]:
                 result.outcome = "running"
                 result.notes.append(f"its controller (pid {entry.pid}) still runs")
                 continue
+            if entry.phase == journal.CLONE:  # the copy runs or it does not: what is left is to remove
+                entry.phase = journal.PENDING_CLEANUP
             try:
                 src, dst = Host(inv.host(entry.source)), Host(inv.host(entry.target))
             except MigratorError as ex:  # a host no longer in the inventory

@@ -46,13 +46,15 @@ class Sides:
         """What every ending removes: transfer key, work dirs, lock. Idempotent."""
         left = []
         operation = self.entry.migration_id
-        for what, fn in [
+        steps = [
             ("transfer key", lambda: remove_key(self.dst, operation)),
             ("transfer connection", lambda: stop_master(self.src, layout.workdir(operation))),
             (f"{self.src.name}: work dir", lambda: remove_workdir(self.src, operation)),
             (f"{self.dst.name}: work dir", lambda: remove_workdir(self.dst, operation)),
-            (f"{self.src.name}: lock", lambda: release_lock(self.src, self.entry.container_id)),
-        ]:
+        ]
+        if self.entry.container_id:  # a clone's entry has none: it holds no lock
+            steps.append((f"{self.src.name}: lock", lambda: release_lock(self.src, self.entry.container_id)))
+        for what, fn in steps:
             try:
                 fn()
             except MigratorError as ex:

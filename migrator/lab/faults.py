@@ -120,6 +120,15 @@ LEFTOVERS = {
 }
 
 
+def wipe(host: Host) -> None:
+    """Remove what migrations left on a lab host (work dirs, locks, transfer keys and their
+    places, containerd's checkpoint copies), so the next test or soak round starts clean.
+    Stored checkpoints, containers and volumes are the caller's to keep or remove."""
+    host.run(["bash", "-c", "rm -rf /var/lib/migrator/work /var/lib/migrator/locks /var/lib/migrator/transfer "
+              "/dev/shm/migrator/* /tmp/ctrd-checkpoint*; sed -i '/migrator-transfer-/d' ~/.ssh/authorized_keys"],
+             check=False)
+
+
 def leftovers(host: Host) -> dict[str, str]:
     """Everything a migration may leave behind on a host (one command); all should be empty."""
     script = "; ".join(f"echo '@{k}'; {{ {c}; }} || true" for k, c in LEFTOVERS.items())

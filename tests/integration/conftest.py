@@ -16,7 +16,7 @@ import redis
 from migrator.engine import Engine
 from migrator.inventory import Inventory, load
 from migrator.lab import Lab
-from migrator.lab.faults import leftovers
+from migrator.lab.faults import leftovers, wipe
 from migrator.transport import Host, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,10 +91,9 @@ def reset(h: LabHost) -> None:
     """An empty host: no containers, volumes, migrator state, CRIU config or transfer keys."""
     for c in h.engine.containers(all=True):
         h.engine.remove_container(c["Id"])
+    wipe(h.host)
     h.sh("bash", "-c", "docker volume prune -f >/dev/null; docker network prune -f >/dev/null; "
-         "rm -rf /var/lib/migrator/* "
-         "/etc/criu/runc.conf /tmp/ctrd-checkpoint*; sed -i '/migrator-transfer-/d' ~/.ssh/authorized_keys",
-         check=False)
+         "rm -rf /var/lib/migrator/* /etc/criu/runc.conf", check=False)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -19,11 +20,13 @@ from conftest import MIGRATOR, ROOT, LabHost, check_all, fill, kill_cli_at, reco
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from migrator.errors import MigrationFailed, MigratorError
+from migrator import clone as clone_module
+from migrator.errors import MigrationFailed, MigratorError, RollbackFailed
 from migrator.inventory import Inventory
 from migrator.lab import Lab
 from migrator.lab.faults import corrupting, criu_killer
 from migrator.migrate import Event, Migration
+from migrator.transport import wait_for
 
 INV = ["-i", str(ROOT / "inventory" / "lab.yaml")]
 
@@ -242,6 +245,49 @@ def test_criu_killed_during_a_leave_running_dump(hosts: dict[str, LabHost], lab:
     assert b.running() == []
     record(f"criu SIGKILLed part-way through `{op}`", "dump", "failed; the container never stopped answering",
            hosts)
+
+
+@pytest.mark.parametrize("fault", ["target cut off before the copy starts", "controller killed mid-transfer"])
+def test_a_broken_clone_leaves_only_what_recover_removes(hosts: dict[str, LabHost], monkeypatch: pytest.MonkeyPatch,
+                                                          fault: str) -> None:
+    """A clone has no rollback of the original to do, but it makes work dirs on both hosts
+    and a transfer key on the target: when the target drops off the network, the error names
+    what stays there (exit 3); when the controller dies, the journal does. Either way `recover`
+    removes all of it, and the original never stops answering."""
+    a, b = hosts["lab1"], hosts["lab2"]
+    start_redis(a)
+    fill(a.redis(), 200_000)
+    if fault.startswith("target cut off"):
+        veth, start_from = "mgv-lab2", clone_module.store.start_from
+
+        def cut_then_start(*args: Any, **kwargs: Any) -> str:
+            subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+            return start_from(*args, **kwargs)
+
+        monkeypatch.setattr(clone_module.store, "start_from", cut_then_start)
+        try:
+            with pytest.raises(RollbackFailed) as err:
+                clone_module.clone(a.host, b.host, "r1", "r1-copy")
+        finally:
+            subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+        assert err.value.exit_code == 3 and "left over: " in str(err.value), str(err.value)
+        assert "migrator recover clone-" in str(err.value), str(err.value)
+    else:
+        p = subprocess.Popen([*MIGRATOR, *INV, "clone", "r1", "--from", "lab1", "--to", "lab2", "--name", "r1-copy"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: "migrator-transfer-clone-" in b.sh("cat", "/root/.ssh/authorized_keys"), 60,
+                        interval=0.02), "the clone never opened its link"
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert b.leftovers()["work"] and b.leftovers()["keys"], b.leftovers()  # the fault hit: there is something
+    r = run_cli("recover", "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    [res] = json.loads(r.stdout)
+    assert res["migration_id"].startswith("clone-") and res["outcome"] == "rolled_back" and not res["notes"], res
+    assert json.loads(run_cli("recover", "--json").stdout) == []
+    assert b.running() == [], b.running()  # never started: its copy did not get that far
+    assert assert_invariant(hosts, 200_000) == "lab1"
+    record(f"clone: {fault}", "transfer", "failed; `recover` removed what it left", hosts)
 
 
 def test_writes_fail_only_inside_the_reported_downtime(hosts: dict[str, LabHost], inv: Inventory) -> None:
