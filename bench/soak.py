@@ -40,6 +40,7 @@ from redis.retry import Retry
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from migrator import journal  # noqa: E402
 from migrator.inventory import load  # noqa: E402
 from migrator.lab import Lab  # noqa: E402
 from migrator.lab.faults import corrupting, criu_killer, cut_link, leftovers, wipe  # noqa: E402
@@ -263,8 +264,8 @@ def tidy(lab: Lab, hosts: dict[str, Host], keep_on: str | None) -> None:
                 h.run(["docker", "rm", "-f", c], check=False)
         h.run(["rm", "-rf", f"/var/lib/migrator/checkpoints/{NAME}"], check=False)
         wipe(h)  # what the broken round left: the next round's findings are its own
-    for entry in (ROOT / ".soak-state" / "journal").glob("*.json"):
-        entry.unlink()
+    for entry in journal.load_all():
+        entry.remove()
 
 
 def start(h: Host) -> None:
